@@ -1,0 +1,323 @@
+"""Read and validate ``params.yaml`` once, into typed sections, before any long work starts.
+
+Every stage calls :func:`load_params` first. A wrong key, a wrong type or a value out of range stops the
+run with an :class:`~colbench.errors.InputError` that names the key (``train.args.learning_rate``) and
+says what is allowed. Functions elsewhere in ``colbench`` never read params.yaml: the notebooks pass
+these sections on as explicit arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from colbench.errors import InputError
+
+
+def _check(predicate, rule: str) -> dict:
+    """Field metadata: ``predicate(value)`` must hold; ``rule`` is shown when it does not."""
+    return {"check": predicate, "rule": rule}
+
+
+def _positive(rule: str = "a positive number") -> dict:
+    return _check(lambda v: v > 0, rule)
+
+
+def _auto_or_bool(value: Any) -> bool:
+    return value == "auto" or isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class Base:
+    seed: int
+
+
+@dataclass(frozen=True)
+class Paths:
+    code: str
+    kd: str
+    datasets: str
+    model: str
+    checkpoints: str
+    embeddings: str
+    indexes: str
+    runs: str
+    reports: str
+
+
+@dataclass(frozen=True)
+class KDSource:
+    source: str
+    revision: str | None = None
+    max_samples: int | None = field(default=None, metadata=_check(lambda v: v is None or v > 0, "null or > 0"))
+    teacher: str | None = None  # builtin:python-docs only: the bi-encoder giving teacher scores
+    builtin: dict[str, int] = field(default_factory=dict)  # builtin:python-docs only: sizes
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    source: str
+    split: str = "test"
+
+
+@dataclass(frozen=True)
+class Prepare:
+    kd: KDSource
+    datasets: dict[str, DatasetSource] = field(metadata=_check(bool, "at least one evaluation dataset"))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    embedding_dim: int = field(metadata=_positive())
+    query_length: int = field(metadata=_positive())
+    document_length: int = field(metadata=_positive())
+    query_prefix: str
+    document_prefix: str
+    query_expansion: bool
+    attend_to_expansion_tokens: bool
+    skiplist: Literal["punctuation", "none"]
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    n_ways: int = field(metadata=_check(lambda v: v >= 2, "at least 2 (a positive and a negative)"))
+    normalize_scores: bool
+    temperature: float = field(metadata=_positive())
+    masked_positions: Literal["zero", "exclude"]
+
+
+@dataclass(frozen=True)
+class TrainArgs:
+    learning_rate: float = field(metadata=_check(lambda v: 0 < v < 1, "between 0 and 1"))
+    num_train_epochs: float = field(metadata=_positive())
+    max_steps: int = field(metadata=_check(lambda v: v == -1 or v > 0, "-1 (whole epochs) or > 0"))
+    per_device_train_batch_size: int = field(metadata=_positive())
+    gradient_accumulation_steps: int = field(metadata=_positive())
+    warmup_ratio: float = field(metadata=_check(lambda v: 0 <= v < 1, "in [0, 1)"))
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"]
+    weight_decay: float = field(metadata=_check(lambda v: v >= 0, ">= 0"))
+    max_grad_norm: float = field(metadata=_positive())
+    bf16: bool | str = field(metadata=_check(_auto_or_bool, "true, false or auto"))
+    tf32: bool | str = field(metadata=_check(_auto_or_bool, "true, false or auto"))
+    logging_steps: int = field(metadata=_positive())
+    save_steps: int = field(metadata=_positive())
+    save_total_limit: int = field(metadata=_positive())
+
+
+@dataclass(frozen=True)
+class TrainEval:
+    dataset: str | None
+    steps: int = field(metadata=_positive())
+
+
+@dataclass(frozen=True)
+class Train:
+    checkpoint: str | None
+    base_model: str
+    model: ModelConfig
+    loss: LossConfig
+    args: TrainArgs
+    distributed: Literal["none", "ddp"]
+    num_processes: int = field(metadata=_positive())
+    eval: TrainEval
+
+
+@dataclass(frozen=True)
+class Encode:
+    batch_size: int = field(metadata=_positive())
+    dtype: Literal["float16", "float32"]
+    autocast_bf16: bool
+
+
+@dataclass(frozen=True)
+class Index:
+    space: Literal["cosine", "inner_product", "euclidean"]
+    M: int = field(metadata=_check(lambda v: v >= 2, ">= 2"))
+    ef_construction: int = field(metadata=_positive())
+    storage: Literal["float32", "float8", "e4m3"]
+
+
+@dataclass(frozen=True)
+class Retrieve:
+    mode: Literal["hnsw", "exact"]
+    k: int = field(metadata=_positive())
+    ef_search: int = field(metadata=_positive())
+    tokens_per_query_token: int = field(metadata=_positive())
+    exact_dtype: Literal["bfloat16", "float32"]
+    block_tokens: int = field(metadata=_check(lambda v: v >= 1024, ">= 1024"))
+    tradeoff_ef_search: list[int] = field(metadata=_check(lambda v: all(x > 0 for x in v), "positive integers"))
+
+
+@dataclass(frozen=True)
+class Evaluate:
+    k_values: list[int] = field(metadata=_check(lambda v: v and all(x > 0 for x in v), "positive integers"))
+    ignore_identical_ids: dict[str, bool]
+    bootstrap_samples: int = field(metadata=_check(lambda v: v >= 100, ">= 100"))
+    confidence: float = field(metadata=_check(lambda v: 0.5 <= v < 1, "in [0.5, 1)"))
+
+
+@dataclass(frozen=True)
+class Report:
+    reference_ndcg10: dict[str, float]
+    reference_label: str = "study"
+    baseline: str | None = None
+    per_query_examples: int = field(default=5, metadata=_positive())
+
+
+@dataclass(frozen=True)
+class Params:
+    base: Base
+    paths: Paths
+    prepare: Prepare
+    train: Train
+    encode: Encode
+    index: Index
+    retrieve: Retrieve
+    evaluate: Evaluate
+    report: Report
+    file: Path = field(default=Path("params.yaml"), compare=False)
+
+    @property
+    def datasets(self) -> list[str]:
+        """Names of the evaluation datasets, in params order."""
+        return list(self.prepare.datasets)
+
+    def path(self, name: str) -> Path:
+        """A path from the ``paths`` section, resolved against the params file's folder."""
+        return self.file.parent / getattr(self.paths, name)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Load and validate a params file. Raises :class:`InputError` naming the first bad key."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: params file not found. Run from the folder holding params.yaml (or demo/).")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML: {exc}") from exc
+    params = _build(Params, {**(raw or {}), "file": path}, prefix="", source=path)
+    _cross_check(params, path)
+    return params
+
+
+def _cross_check(params: Params, source: Path) -> None:
+    """Checks that span sections: every dataset named in one section exists in the others."""
+    names = set(params.datasets)
+    missing = names - set(params.evaluate.ignore_identical_ids)
+    if missing:
+        raise InputError(
+            f"{source}: evaluate.ignore_identical_ids has no entry for {sorted(missing)}: add "
+            "true (BEIR's default; needed where queries are corpus documents, as in ArguAna) or false."
+        )
+    eval_set = params.train.eval.dataset
+    if eval_set not in (None, "nanobeir") and eval_set not in names:
+        raise InputError(
+            f"{source}: train.eval.dataset is {eval_set!r}, which is not in prepare.datasets "
+            f"({sorted(names)}): use one of those, 'nanobeir' or null."
+        )
+    if params.prepare.kd.source.startswith("builtin:") and not params.prepare.kd.teacher:
+        raise InputError(f"{source}: prepare.kd.teacher is required with prepare.kd.source {params.prepare.kd.source}.")
+    if params.train.distributed == "none" and params.train.num_processes != 1:
+        raise InputError(f"{source}: train.num_processes is {params.train.num_processes} but train.distributed is none: set ddp.")
+
+
+def _build(cls: type, data: Any, prefix: str, source: Path) -> Any:
+    if not isinstance(data, dict):
+        raise InputError(f"{source}: {prefix.rstrip('.') or 'the file'} must be a mapping, got {data!r}.")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise InputError(
+            f"{source}: unknown key {prefix}{unknown[0]}; allowed keys under "
+            f"{prefix.rstrip('.') or 'the top level'}: {sorted(fields)}."
+        )
+    values = {}
+    for name, spec in fields.items():
+        key = f"{prefix}{name}"
+        if name not in data:
+            if spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+                raise InputError(f"{source}: missing key {key}.")
+            continue
+        value = _coerce(hints[name], data[name], key, source)
+        check = spec.metadata.get("check")
+        if check is not None and value is not None and not check(value):
+            raise InputError(f"{source}: {key} is {data[name]!r}; it must be {spec.metadata['rule']}.")
+        values[name] = value
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str, source: Path) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(option, value, key, source)
+            except InputError as exc:
+                errors.append(str(exc))
+        raise InputError(errors[0])
+    if origin is Literal:
+        if value not in args:
+            raise InputError(f"{source}: {key} is {value!r}; allowed values: {', '.join(map(repr, args))}.")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise InputError(f"{source}: {key} must be a list, got {value!r}.")
+        return [_coerce(args[0], v, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise InputError(f"{source}: {key} must be a mapping, got {value!r}.")
+        return {str(k): _coerce(args[1], v, f"{key}.{k}", source) for k, v in value.items()}
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, f"{key}.", source)
+    if hint is Path:
+        return Path(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise InputError(f"{source}: {key} must be true or false, got {value!r}.")
+        return value
+    if hint in (int, float):
+        # YAML reads 8e-5 as a string (it wants 8.0e-5); accept it as a number, refuse anything else.
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise InputError(f"{source}: {key} must be a number, got {value!r}.") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"{source}: {key} must be a number, got {value!r}.")
+        if hint is int:
+            if float(value) != int(value):
+                raise InputError(f"{source}: {key} must be a whole number, got {value!r}.")
+            return int(value)
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str) or not value:
+            raise InputError(f"{source}: {key} must be a non-empty string, got {value!r}.")
+        return value
+    raise TypeError(f"unsupported type {hint} for {key}")  # a bug in this module, not bad input
+
+
+def main() -> None:
+    """``python -m colbench.config [params.yaml]``: validate a params file and exit non-zero if it is wrong."""
+    import sys
+
+    try:
+        params = load_params(sys.argv[1] if len(sys.argv) > 1 else "params.yaml")
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"{params.file}: ok ({len(params.datasets)} evaluation datasets: {', '.join(params.datasets)})")
+
+
+if __name__ == "__main__":
+    main()

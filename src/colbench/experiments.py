@@ -1,0 +1,271 @@
+"""DVC experiments as a table (``dvc exp show --json``) and an ablation chart.
+
+Shape of ``dvc exp show --json`` (dvc 3.67, checked on a scratch repository): a list whose entries
+are the workspace (``rev == "workspace"``) and the baseline commit(s), each
+``{rev, name, data: {timestamp, params: {file: {data}}, metrics: {file: {data} | {error}}, ...},
+error, experiments}``; a baseline's ``experiments`` is a list of ``{name, executor, revs: [entry]}``.
+
+Pitfalls seen there: ``dvc exp run`` leaves the experiment's params in the workspace, so a second
+``-S`` builds on the first unless the workspace is reset; and ``-S key=4e-5`` is written to
+params.yaml as ``4e-05``, which PyYAML (YAML 1.1) reads back as a *string* (DVC itself reads a float).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from colbench.errors import InputError
+
+_GENERIC_STEMS = {"metrics", "scores", "results", "eval", "evaluate"}
+
+
+def load_experiments(
+    repo_dir: str | Path,
+    dvc_exe: str = "dvc",
+    *,
+    metrics: Iterable[str] = ("ndcg@10",),
+    include_workspace: bool = False,
+    all_commits: bool = False,
+    all_params: bool = False,
+) -> pd.DataFrame:
+    """Every DVC experiment of the repository at ``repo_dir`` as one row each.
+
+    Columns: ``experiment`` (name), ``role`` (``baseline`` for the commit experiments branch from,
+    ``experiment``, ``workspace``), ``same_as_baseline`` (its params equal its baseline's: the study
+    configuration when the baseline is the study), ``rev`` (short hash), ``timestamp``, ``error``;
+    then one column per param (dotted key) whose value differs between rows (every param with
+    ``all_params``); then ``<metric>/<dataset>`` for each name in ``metrics`` found in the metrics files
+    (the dataset is the key above the metric, else the file's name, e.g. ``reports/metrics/scifact.json``).
+    Rows: baselines, then their experiments by time, then the workspace if asked for. The param and
+    metric column names are also in ``df.attrs["params"]`` and ``df.attrs["metrics"]``.
+    """
+    entries = _exp_show(Path(repo_dir), dvc_exe, all_commits)
+    return experiments_table(entries, metrics=metrics, include_workspace=include_workspace, all_params=all_params,
+                             where=str(repo_dir))
+
+
+def experiments_table(entries: list[dict[str, Any]], *, metrics: Iterable[str] = ("ndcg@10",),
+                      include_workspace: bool = False, all_params: bool = False, where: str = "") -> pd.DataFrame:
+    """The table of :func:`load_experiments` from already parsed ``dvc exp show --json`` entries."""
+    wanted = set(metrics)
+    rows: list[dict[str, Any]] = []
+    for entry in entries:
+        is_workspace = entry.get("rev") == "workspace"
+        if is_workspace and not include_workspace:
+            continue
+        base = _row(entry, "workspace" if is_workspace else "baseline", entry.get("name"), wanted)
+        if base is None:
+            continue
+        rows.append(base)
+        children = []
+        for group in entry.get("experiments") or []:
+            revs = group.get("revs") or []
+            if revs:  # a checkpoint experiment lists several revs, newest first
+                child = _row(revs[0], "experiment", group.get("name") or revs[0].get("name"), wanted)
+                if child is not None:
+                    child["same_as_baseline"] = child["_params"] == base["_params"]
+                    children.append(child)
+        rows.extend(sorted(children, key=lambda r: (r["timestamp"] or "", r["experiment"])))
+    baselines = [r for r in rows if r["role"] == "baseline"]
+    for r in rows:
+        if r["role"] == "workspace":  # the workspace builds on the first (HEAD) baseline
+            r["same_as_baseline"] = bool(baselines) and r["_params"] == baselines[0]["_params"]
+    if not rows:
+        raise InputError(f"`dvc exp show` found nothing in {where}: commit the study and run `dvc exp run`")
+
+    param_keys = sorted({k for r in rows for k in r["_params"]})
+    if not all_params:
+        param_keys = [k for k in param_keys if len({_key(r["_params"].get(k)) for r in rows}) > 1]
+    metric_keys = sorted({k for r in rows for k in r["_metrics"]})
+    table = pd.DataFrame(
+        [
+            {
+                **{c: r[c] for c in ("experiment", "role", "same_as_baseline", "rev", "timestamp", "error")},
+                **{k: _display(r["_params"].get(k)) for k in param_keys},
+                **{k: r["_metrics"].get(k) for k in metric_keys},
+            }
+            for r in rows
+        ]
+    )
+    for key in metric_keys:
+        table[key] = pd.to_numeric(table[key], errors="coerce")  # a broken metric reads as NaN
+    table.attrs["params"], table.attrs["metrics"] = param_keys, metric_keys
+    return table
+
+
+def plot_ablation(df: pd.DataFrame, path: str | Path, metric: str = "ndcg@10") -> Path:
+    """Grouped bars of ``metric`` (x100) per dataset, one bar per experiment, the baseline outlined.
+
+    The legend names each experiment with its params that differ from the rest (last key part).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from colbench.report import _save  # one PNG writer for every figure (atomic)
+
+    columns = [c for c in df.columns if str(c).startswith(f"{metric}/")]
+    if df.empty:  # no experiments yet: say how to make some rather than leave the figure out
+        fig, ax = plt.subplots(figsize=(7, 2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "No DVC experiments yet: run `make ablation`\n(dvc exp run --temp -S <param>=<value>)",
+                ha="center", va="center", fontsize=11)
+        return _save(fig, path)
+    if not columns:
+        raise InputError(f"no {metric!r} columns in the experiments table: do the metrics files contain it?")
+    params = df.attrs.get("params", [])
+    datasets = [c.split("/", 1)[1] for c in columns]
+    x = np.arange(len(columns))
+    width = 0.8 / len(df)
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.2 * len(columns) * max(1, len(df)) * 0.5 + 3), 4.8))
+    for i, (_, row) in enumerate(df.iterrows()):
+        values = 100 * row[columns].to_numpy(float)
+        settings = ", ".join(f"{p.split('.')[-1]}={row[p]}" for p in params if pd.notna(row[p]))
+        label = f"{row['experiment']} ({row['role']})" + (f": {settings}" if settings else "")
+        baseline = row["role"] == "baseline"
+        bars = ax.bar(x - 0.4 + width * (i + 0.5), values, width, label=label,
+                      edgecolor="black" if baseline else "none", linewidth=1.5 if baseline else 0,
+                      hatch="//" if baseline else None)
+        ax.bar_label(bars, labels=[f"{v:.1f}" if np.isfinite(v) else "" for v in values], fontsize=7, padding=1)
+    ax.set_xticks(x, datasets)
+    ax.set_xlabel("dataset")
+    ax.set_ylabel(f"{metric.upper()} (x100)")
+    ax.set_title(f"Ablations: {metric.upper()} per dataset")
+    ax.grid(axis="y", alpha=0.3)
+    ax.margins(y=0.15)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=1, frameon=False)
+    return _save(fig, path)
+
+
+def _exp_show(repo_dir: Path, dvc_exe: str, all_commits: bool) -> list[dict[str, Any]]:
+    if not (repo_dir / ".dvc").is_dir():
+        raise InputError(f"{repo_dir} is not a DVC repository (no .dvc folder): run `dvc init` there")
+    cmd = [*_dvc_command(dvc_exe), "exp", "show", "--json"] + (["--all-commits"] if all_commits else [])
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    done = subprocess.run(cmd, cwd=repo_dir, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise InputError(f"`{' '.join(cmd)}` failed in {repo_dir}: {done.stderr.strip()[-2000:]}")
+    # Warnings may precede the JSON on stdout; the document starts at its first '['.
+    start = done.stdout.find("[")
+    try:
+        return json.loads(done.stdout[start:]) if start >= 0 else []
+    except json.JSONDecodeError as err:
+        raise InputError(f"`dvc exp show --json` printed no JSON in {repo_dir}: {err}") from None
+
+
+def _dvc_command(dvc_exe: str) -> list[str]:
+    found = shutil.which(dvc_exe)
+    if found:
+        return [found]
+    # A notebook kernel started from the venv may not have the venv's bin on PATH.
+    sibling = Path(sys.executable).with_name(Path(dvc_exe).name)
+    if dvc_exe == "dvc" and sibling.exists():
+        return [str(sibling)]
+    raise InputError(f"DVC executable {dvc_exe!r} not found: install dvc or pass dvc_exe=<path>")
+
+
+def _row(entry: Mapping[str, Any], role: str, name: str | None, wanted: set[str]) -> dict[str, Any] | None:
+    data = entry.get("data")
+    if not data:
+        return None
+    rev = str(entry.get("rev") or data.get("rev") or "")
+    params: dict[str, Any] = {}
+    for file, content in (data.get("params") or {}).items():
+        prefix = "" if file == "params.yaml" else f"{file}:"
+        params.update(_flatten((content or {}).get("data") or {}, prefix))
+    found: dict[str, Any] = {}
+    for file, content in (data.get("metrics") or {}).items():
+        for key, value in _flatten((content or {}).get("data") or {}).items():
+            *above, leaf = key.split(".")
+            if leaf in wanted:
+                found[f"{leaf}/{above[-1] if above else _dataset_of(file)}"] = value
+    error = entry.get("error")
+    return {
+        "experiment": name or (rev if rev == "workspace" else rev[:7]),
+        "role": role,
+        "same_as_baseline": role == "baseline",
+        "rev": rev if rev == "workspace" else rev[:7],
+        "timestamp": data.get("timestamp"),
+        "error": (error.get("msg") if isinstance(error, Mapping) else str(error)) if error else "",
+        "_params": params,
+        "_metrics": found,
+    }
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _dataset_of(file: str) -> str:
+    path = Path(file)
+    return path.parent.name if path.stem in _GENERIC_STEMS and path.parent.name else path.stem
+
+
+def _key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _display(value: Any) -> Any:
+    # Lists and dicts (e.g. k_values) become JSON text so the column compares and prints cleanly.
+    return _key(value) if isinstance(value, (list, dict)) else value
+
+
+def save_experiments(repo_dir: str | Path, out: str | Path, dvc_exe: str = "dvc") -> Path:
+    """Write the raw ``dvc exp show --json`` of ``repo_dir`` to ``out`` (atomically), for the report stage.
+
+    The report reads this file instead of calling DVC itself: a stage that ran `dvc exp show` inside
+    `dvc repro` would wait on the lock that repro holds.
+    """
+    from colbench.atomic import write_json
+
+    write_json(out, _exp_show(Path(repo_dir), dvc_exe, all_commits=False))
+    return Path(out)
+
+
+def table_from_file(path: str | Path, **kwargs: Any) -> pd.DataFrame:
+    """The experiments table from a file written by :func:`save_experiments`; empty when it lists none."""
+    entries = json.loads(Path(path).read_text(encoding="utf-8")) if Path(path).is_file() else []
+    if not entries:
+        return pd.DataFrame(columns=["experiment", "role", "same_as_baseline", "rev", "timestamp", "error"])
+    return experiments_table(entries, where=str(path), **kwargs)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m colbench.experiments --out reports/experiments.json``: snapshot the experiments."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m colbench.experiments", description=main.__doc__)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--repo", default=".", type=Path, help="a folder inside the DVC repository")
+    options = parser.parse_args(argv)
+    save_experiments(_dvc_root(options.repo), options.out)
+    print(f"experiments: {len(table_from_file(options.out))} rows written to {options.out}")
+
+
+def _dvc_root(folder: Path) -> Path:
+    for candidate in [folder.resolve(), *folder.resolve().parents]:
+        if (candidate / ".dvc").is_dir():
+            return candidate
+    raise InputError(f"{folder} is not inside a DVC repository")
+
+
+if __name__ == "__main__":
+    main()

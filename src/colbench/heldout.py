@@ -1,0 +1,75 @@
+"""Held-out retrieval evaluation during training, with the pipeline's own encode, MaxSim and metrics.
+
+sentence-transformers ships an information-retrieval evaluator for multi-vector models, but its metrics
+are its own implementation and it keeps no run. This one scores exactly as the pipeline does (the same
+encoding, exact MaxSim with masked padding, pytrec_eval metrics), so the untrained model's NDCG@10 at step
+0 is directly comparable with the trained model's NDCG@10 from the evaluate stage, and it saves the run of
+its first call: the untrained baseline that the report's per-query view compares against.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
+
+from colbench import encode, evaluate, retrieve
+from colbench.prepare import load_beir_folder
+from colbench.store import open_store
+
+
+class HeldOutRetrievalEvaluator(BaseEvaluator):
+    """NDCG@10, Recall@100, MAP@100 and MRR@10 of exact MaxSim retrieval on a prepared BEIR folder."""
+
+    def __init__(self, dataset_dir: str | Path, *, name: str, split: str = "test", ignore_identical_ids: bool,
+                 baseline_run: str | Path | None = None, batch_size: int = 32, k: int = 100) -> None:
+        super().__init__()
+        corpus, queries, qrels_rows, _ = load_beir_folder(dataset_dir, split)
+        self.doc_ids, self.doc_texts = encode.document_texts(corpus)
+        self.query_ids = [str(q["_id"]) for q in queries]
+        self.query_texts = [q["text"] for q in queries]
+        self.qrels: dict[str, dict[str, int]] = {}
+        for qid, did, score in qrels_rows:
+            self.qrels.setdefault(str(qid), {})[str(did)] = int(score)
+        self.name, self.ignore_identical_ids = name, ignore_identical_ids
+        self.baseline_run = Path(baseline_run) if baseline_run else None
+        self.batch_size, self.k = batch_size, k
+        self.primary_metric = "ndcg@10"
+        self.calls = 0
+
+    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+        with tempfile.TemporaryDirectory(prefix="colbench-heldout-") as tmp:
+            stores = {}
+            for part, ids, texts, is_query in (("docs", self.doc_ids, self.doc_texts, False),
+                                                ("queries", self.query_ids, self.query_texts, True)):
+                encode.encode_to_store(model, ids, texts, Path(tmp) / part, is_query=is_query,
+                                       batch_size=self.batch_size, dtype="float32", show_progress=False)
+                stores[part] = open_store(Path(tmp) / part)
+            run = retrieve.search(stores["queries"], stores["docs"], k=self.k, mode="exact", dtype="float32")
+        if self.calls == 0 and self.baseline_run is not None:
+            retrieve.write_trec(run, self.baseline_run, tag="untrained")
+        self.calls += 1
+        metrics, _ = evaluate.evaluate_run(run, self.qrels, ignore_identical_ids=self.ignore_identical_ids)
+        wanted = {m: metrics[m] for m in ("ndcg@10", "recall@100", "map@100", "mrr@10")}
+        metrics = self.prefix_name_to_metrics(wanted, self.name)
+        self.store_metrics_in_model_card_data(model, metrics, epoch, steps)
+        return metrics
+
+
+def make_evaluator(dataset: str | None, *, datasets_dir: str | Path, split: str = "test",
+                   ignore_identical_ids: bool = True, baseline_runs: str | Path | None = None, batch_size: int = 32):
+    """The evaluator ``train.eval.dataset`` names: None, NanoBEIR (needs the hub) or a prepared dataset.
+
+    For a prepared dataset the untrained model's run is saved as ``<baseline_runs>/<dataset>.trec``.
+    """
+    if dataset is None:
+        return None
+    if dataset == "nanobeir":
+        from sentence_transformers.multi_vector_encoder.evaluation import MultiVectorNanoBEIREvaluator
+
+        return MultiVectorNanoBEIREvaluator(batch_size=batch_size)
+    baseline = Path(baseline_runs) / f"{dataset}.trec" if baseline_runs else None
+    return HeldOutRetrievalEvaluator(Path(datasets_dir) / dataset, name=dataset, split=split,
+                                     ignore_identical_ids=ignore_identical_ids, baseline_run=baseline,
+                                     batch_size=batch_size)

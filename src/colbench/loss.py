@@ -1,0 +1,108 @@
+"""The study's knowledge-distillation loss: PyLate's `losses.Distillation` on sentence-transformers.
+
+sentence-transformers' `MultiVectorDistillKLDivLoss` already does the KL part exactly as PyLate
+(`KLDivLoss(reduction="batchmean", log_target=True)` between the log-softmax of the teacher scores
+and of the student scores, temperatures applied to both sides and the loss scaled by T^2; at T = 1
+that is PyLate's loss). Two things PyLate does are not in it, so they are written here, as its
+`similarity_fct`:
+
+- min-max normalisation of each query's student MaxSim scores, `(s - min) / (max - min + 1e-8)`
+  (PyLate's `normalize_scores=True`, the study's setting); ST has no such option;
+- PyLate's KD scoring multiplies the similarity matrix by the document mask, so a masked position
+  (padding, skiplisted punctuation) scores 0 and still takes part in the max: it wins wherever a
+  query token's best real similarity is negative. ST excludes masked positions instead (the correct
+  masking). `masked_positions="zero"` reproduces PyLate (what the study was trained with);
+  `"exclude"` is ST's behaviour. Queries are never skiplisted; with query expansion every query
+  position is scored, so the query mask is all ones and both modes treat queries alike.
+
+The loss equals PyLate's only when features are built with the model's prompts and tasks
+(`model.preprocess(texts, prompt=model.prompts[task], task=task)`), as the trainer's collator does.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from colbench.errors import InputError
+
+MASKED_POSITIONS = ("zero", "exclude")
+EPSILON = 1e-8  # PyLate's epsilon in the min-max denominator
+
+
+class PyLateKDScores:
+    """`similarity_fct` for `MultiVectorDistillKLDivLoss`: MaxSim scores `(batch, n_ways)` as PyLate computes them.
+
+    `masked_positions="zero"`: masked document positions score exactly 0 in the max (PyLate);
+    `"exclude"`: they cannot win the max. `normalize_scores`: per-query min-max normalisation.
+    """
+
+    def __init__(self, *, normalize_scores: bool = True, masked_positions: str = "zero") -> None:
+        if masked_positions not in MASKED_POSITIONS:
+            raise InputError(
+                f"train.loss.masked_positions: expected one of {MASKED_POSITIONS}, got {masked_positions!r}"
+            )
+        self.normalize_scores = bool(normalize_scores)
+        self.masked_positions = masked_positions
+        self.__name__ = f"pylate_kd_scores_{masked_positions}{'_normalized' if normalize_scores else ''}"
+
+    def __call__(
+        self,
+        queries_embeddings: Tensor,
+        documents_embeddings: Tensor,
+        queries_mask: Tensor | None = None,
+        documents_mask: Tensor | None = None,
+    ) -> Tensor:
+        from sentence_transformers.multi_vector_encoder.scoring import colbert_kd_scores
+
+        if self.masked_positions == "zero" and documents_mask is not None:
+            # A zero vector has similarity exactly 0 with every query token: the same as PyLate's
+            # multiplying the similarity matrix by the mask, then taking the max over all positions.
+            # The mask then has to be all ones: given no mask, ST treats all-zero rows as padding.
+            documents_embeddings = documents_embeddings * documents_mask.unsqueeze(-1).to(documents_embeddings.dtype)
+            documents_mask = torch.ones_like(documents_mask, dtype=torch.bool)
+        scores = colbert_kd_scores(
+            queries_embeddings, documents_embeddings, queries_mask=queries_mask, documents_mask=documents_mask
+        )
+        if self.normalize_scores:
+            low = scores.min(dim=1, keepdim=True).values
+            high = scores.max(dim=1, keepdim=True).values
+            scores = (scores - low) / (high - low + EPSILON)
+        return scores
+
+
+def build_kd_loss(
+    model,
+    *,
+    normalize_scores: bool = True,
+    temperature: float = 1.0,
+    masked_positions: str = "zero",
+):
+    """The study's KD loss for `model`: a `MultiVectorDistillKLDivLoss` scoring like PyLate's `Distillation`.
+
+    Inputs are (query, document_1, ..., document_N) columns with teacher scores `(batch, N)`.
+    `temperature` is ST's (both sides, loss x T^2); 1.0 is PyLate's (no temperature).
+    """
+    from sentence_transformers.multi_vector_encoder.losses import MultiVectorDistillKLDivLoss
+
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < float("inf"):
+        raise InputError(f"train.loss.temperature: expected a positive number, got {temperature!r}")
+    if not isinstance(normalize_scores, bool):
+        raise InputError(f"train.loss.normalize_scores: expected true or false, got {normalize_scores!r}")
+    scores = PyLateKDScores(normalize_scores=normalize_scores, masked_positions=masked_positions)
+    return MultiVectorDistillKLDivLoss(model, similarity_fct=scores, temperature=float(temperature))
+
+
+def kd_features(model, queries: list[str], documents: list[list[str]]) -> list[dict[str, torch.Tensor]]:
+    """Loss inputs for `queries` and their candidate `documents` (one list of N per query), built with
+    the model's prompts and tasks as the trainer's collator does: `[query_features, doc_col_1, ...]`."""
+    n_ways = {len(docs) for docs in documents}
+    if len(n_ways) != 1 or len(documents) != len(queries):
+        raise InputError("kd batch: every query needs the same number of candidate documents")
+    features = [model.preprocess(queries, prompt=model.prompts.get("query"), task="query")]
+    for column in range(n_ways.pop()):
+        texts = [docs[column] for docs in documents]
+        features.append(model.preprocess(texts, prompt=model.prompts.get("document"), task="document"))
+    for feature, task in zip(features, ["query"] + ["document"] * (len(features) - 1)):
+        feature["task"] = task
+    return features

@@ -1,0 +1,308 @@
+"""The study's ColBERT model: build it from a base encoder, load checkpoints, fingerprint it.
+
+Everything here is sentence-transformers 6.2's native late-interaction machinery
+(`MultiVectorEncoder` with `Transformer` -> `Dense` -> `MultiVectorMask` -> `Normalize`); this module
+only chooses the settings that make it behave exactly as PyLate 1.6 builds a ColBERT:
+
+- `[Q] ` / `[D] ` are new vocabulary entries (ids appended after the base vocabulary, embedding rows
+  added by `resize_token_embeddings`), registered as special, non-normalised tokens so that the
+  model's prompts (`prompts={"query": "[Q] ", "document": "[D] "}`) tokenize to exactly the one id
+  PyLate inserts after `[CLS]`;
+- queries are padded to `query_length` with `[MASK]` (the `fixed` query-expansion strategy), the
+  expansion positions are scored but not attended to unless `attend_to_expansion_tokens`;
+- documents are truncated at `document_length` tokens (prefix and special tokens included);
+- punctuation is dropped from document scoring (the skiplist), never from queries;
+- token vectors are projected hidden -> `embedding_dim` without bias, then L2-normalised.
+
+With the same seed, the projection and the new embedding rows are drawn in PyLate's order (the
+base encoder is loaded, the projection created, then the embedding matrix resized), so a model built
+here from a base equals the one PyLate builds from it (checked in tests/test_parity.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import string
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from colbench.errors import InputError
+
+# Deferred imports of sentence_transformers / huggingface_hub keep `import colbench.model` cheap for
+# callers that only need `resolve_model_source`.
+
+SKIPLISTS = ("punctuation", "none")
+
+
+def resolve_model_source(name: str) -> str:
+    """Turn a model param into something loadable.
+
+    `pkg:<python_module>` -> the folder that module's `get_model_path()` returns (how the demo ships
+    its base model inside a pip package); an existing local path -> itself; anything else is taken
+    as a Hugging Face hub id and returned unchanged. A path-looking value that does not exist, or a
+    package that is not installed, raises InputError.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise InputError(f"model name must be a non-empty string (hub id, local folder or pkg:<module>), got {name!r}")
+    name = name.strip()
+    if name.startswith("pkg:"):
+        module_name = name[len("pkg:") :]
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            raise InputError(
+                f"model {name!r}: Python package {module_name!r} is not installed; install it "
+                f"(pip install {module_name.replace('_', '-')}) or name a hub id / local folder instead"
+            ) from exc
+        getter = getattr(module, "get_model_path", None)
+        if getter is None:
+            raise InputError(f"model {name!r}: module {module_name!r} has no get_model_path(); it does not ship a model")
+        path = str(getter())
+        if not Path(path).is_dir():
+            raise InputError(f"model {name!r}: {module_name}.get_model_path() returned {path!r}, which is not a folder")
+        return path
+    if Path(name).expanduser().exists():
+        return str(Path(name).expanduser())
+    if _looks_like_path(name):
+        raise InputError(f"model {name!r}: no such local folder (check the path, relative to where the stage runs)")
+    return name
+
+
+def _looks_like_path(name: str) -> bool:
+    # A hub id is "name" or "org/name"; anything else (absolute, ./, ~, several slashes) is a path.
+    return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
+
+
+def _hub_offline() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except ImportError:  # pragma: no cover - huggingface_hub ships with sentence-transformers
+        return False
+
+
+def _local_snapshot(hub_id: str, what: str) -> str:
+    """A local folder holding hub model `hub_id`: from the HF cache, or downloaded when online.
+
+    Raises InputError (never hangs) when the id is neither cached nor downloadable.
+    """
+    from huggingface_hub import model_info, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    how = (
+        f"download it on a machine with internet access (`hf download {hub_id}`) into the Hugging Face cache "
+        f"(HF_HOME) used here, or set the {what} param to a local folder"
+    )
+    try:
+        return snapshot_download(hub_id, local_files_only=True)
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
+        pass
+    if _hub_offline():
+        raise InputError(f"{what} {hub_id!r}: not a local folder and not in the Hugging Face cache while offline; {how}")
+    try:
+        # A bounded metadata call first: without network it fails in seconds instead of retrying.
+        info = model_info(hub_id, timeout=15)
+    except Exception as exc:  # noqa: BLE001 - any failure here means "cannot fetch it now"
+        raise InputError(
+            f"{what} {hub_id!r}: not a local folder, not cached, and the hub cannot serve it "
+            f"({type(exc).__name__}: {exc}); {how}"
+        ) from exc
+    # Only the PyTorch weights: model repos often also hold ONNX / OpenVINO / TF / Flax copies.
+    ignore = ["onnx/*", "openvino/*", "*.onnx", "*.h5", "*.msgpack", "*.ot", "coreml/*"]
+    if any(s.rfilename.endswith(".safetensors") for s in info.siblings or []):
+        ignore.append("*.bin")
+    return snapshot_download(hub_id, ignore_patterns=ignore)
+
+
+def _local_folder(name: str, what: str) -> str:
+    source = resolve_model_source(name)
+    return source if Path(source).is_dir() else _local_snapshot(source, what)
+
+
+def _transformer_folder(folder: str) -> str:
+    """The folder of the Hugging Face encoder inside `folder`.
+
+    A sentence-transformers folder (modules.json) may keep its Transformer in a subfolder and adds
+    Pooling / Normalize modules a ColBERT does not use: only the Transformer is taken.
+    """
+    modules_file = Path(folder) / "modules.json"
+    if not modules_file.is_file():
+        return folder
+    modules = json.loads(modules_file.read_text(encoding="utf-8"))
+    for entry in modules:
+        if str(entry.get("type", "")).endswith("Transformer"):
+            return str(Path(folder) / entry.get("path", ""))
+    raise InputError(f"base model {folder!r}: modules.json lists no Transformer module to build a ColBERT from")
+
+
+def _skiplist_words(skiplist: str | list[str]) -> list[str]:
+    if isinstance(skiplist, str):
+        if skiplist == "punctuation":
+            return list(string.punctuation)
+        if skiplist == "none":
+            return []
+        raise InputError(f"train.model.skiplist: expected one of {SKIPLISTS} or a list of tokens, got {skiplist!r}")
+    if isinstance(skiplist, (list, tuple)) and all(isinstance(w, str) for w in skiplist):
+        return list(skiplist)
+    raise InputError(f"train.model.skiplist: expected one of {SKIPLISTS} or a list of tokens, got {skiplist!r}")
+
+
+def _positive_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InputError(f"train.model.{key}: expected a positive integer, got {value!r}")
+    return value
+
+
+def build_colbert(
+    base_model: str,
+    *,
+    embedding_dim: int = 128,
+    query_length: int = 32,
+    document_length: int = 180,
+    query_prefix: str = "[Q] ",
+    document_prefix: str = "[D] ",
+    query_expansion: bool = True,
+    attend_to_expansion_tokens: bool = False,
+    skiplist: str | list[str] = "punctuation",
+    seed: int = 42,
+    device: str | None = None,
+):
+    """Build the study's ColBERT (an untrained projection) from a plain base encoder.
+
+    `base_model` is a hub id, a local folder (Hugging Face or sentence-transformers layout) or
+    `pkg:<module>`. The result is a `sentence_transformers.MultiVectorEncoder` whose saved folder
+    reloads with `MultiVectorEncoder(path)` (native config, no PyLate needed). Randomness (projection,
+    new embedding rows) is drawn from `seed` in a forked RNG, so the caller's RNG state is untouched.
+    """
+    from sentence_transformers import MultiVectorEncoder
+    from sentence_transformers.base.modules import Dense, Normalize, Transformer
+    from sentence_transformers.multi_vector_encoder.modules import MultiVectorMask
+    from transformers import AddedToken
+
+    embedding_dim = _positive_int(embedding_dim, "embedding_dim")
+    query_length = _positive_int(query_length, "query_length")
+    document_length = _positive_int(document_length, "document_length")
+    words = _skiplist_words(skiplist)
+    folder = _transformer_folder(_local_folder(base_model, "train.base_model"))
+
+    expansion = (
+        {"strategy": "fixed", "attend": bool(attend_to_expansion_tokens), "length": query_length}
+        if query_expansion
+        else None
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        # Same draw order as PyLate: base loaded, projection created, then new embedding rows.
+        transformer = Transformer(
+            folder,
+            # With expansion the query width is the expansion length (as a PyLate checkpoint loads);
+            # without it, queries are only truncated at query_length, PyLate's behaviour.
+            query_length=None if expansion else query_length,
+            document_length=document_length,
+            query_expansion=expansion,
+        )
+        hidden = transformer.get_embedding_dimension()
+        dense = Dense(
+            in_features=hidden,
+            out_features=embedding_dim,
+            bias=False,
+            activation_function=nn.Identity(),
+            module_input_name="token_embeddings",
+        )
+        tokenizer = transformer.tokenizer
+        prefixes = [p for p in (query_prefix, document_prefix) if p]
+        if prefixes:
+            # Special and non-normalised: a lowercasing tokenizer would otherwise never match "[Q] ".
+            tokenizer.add_tokens([AddedToken(p, normalized=False, special=True) for p in prefixes], special_tokens=True)
+            transformer.auto_model.resize_token_embeddings(len(tokenizer))
+    if tokenizer.mask_token_id is not None:
+        # PyLate pads with [MASK]; padded positions are never attended or scored, so this only keeps
+        # the token ids of padded batches identical to PyLate's.
+        tokenizer.pad_token = tokenizer.mask_token
+
+    prompts = {"query": query_prefix or "", "document": document_prefix or ""}
+    model = MultiVectorEncoder(
+        modules=[transformer, dense, MultiVectorMask(skiplist_words=words), Normalize(module_input_name="token_embeddings")],
+        prompts=prompts,
+        device=device,
+        similarity_fn_name="maxsim",
+    )
+    model.colbench_source = str(base_model)
+    return model
+
+
+def load_colbert(path_or_id: str, device: str | None = None):
+    """Load a ColBERT checkpoint: one saved by this repo, a PyLate checkpoint, or a pointer folder.
+
+    A folder holding `checkpoint.json` = `{"checkpoint": "<hub id or path>"}` stands for that
+    checkpoint (relative paths are taken relative to the pointer folder first). Hub ids are served
+    from the Hugging Face cache, or downloaded when online; otherwise InputError says how to provide
+    them. A folder that is not a sentence-transformers / PyLate checkpoint is refused.
+    """
+    from sentence_transformers import MultiVectorEncoder
+
+    seen: list[str] = []
+    current = str(path_or_id)
+    while True:
+        source = resolve_model_source(current)
+        pointer = Path(source) / "checkpoint.json"
+        if not pointer.is_file():
+            break
+        if source in seen or len(seen) >= 8:
+            raise InputError(f"checkpoint pointer loop: {' -> '.join(seen + [source])}")
+        seen.append(source)
+        try:
+            target = json.loads(pointer.read_text(encoding="utf-8"))["checkpoint"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"{pointer}: expected JSON {{\"checkpoint\": \"<hub id or path>\"}}") from exc
+        if not isinstance(target, str) or not target:
+            raise InputError(f"{pointer}: 'checkpoint' must be a non-empty string (hub id or path)")
+        relative = Path(source) / target
+        current = str(relative) if not Path(target).is_absolute() and relative.exists() else target
+
+    folder = source if Path(source).is_dir() else _local_snapshot(source, "train.checkpoint")
+    if not any((Path(folder) / name).is_file() for name in ("modules.json", "config_sentence_transformers.json")):
+        raise InputError(
+            f"{path_or_id!r} ({folder}) is not a ColBERT checkpoint: no modules.json or "
+            "config_sentence_transformers.json. Point to a folder saved by the train stage or by PyLate; "
+            "a plain base encoder belongs in train.base_model"
+        )
+    model = MultiVectorEncoder(folder, device=device, local_files_only=True)
+    model.colbench_source = str(path_or_id)
+    return model
+
+
+def model_fingerprint(model) -> dict[str, Any]:
+    """A small dict identifying `model` for manifests.
+
+    `sha256`: over every parameter's name, dtype, shape and bytes (sorted by name), truncated to 16
+    hex characters; `config_sha256`: over the module configs and prompts (lengths, expansion,
+    skiplist...), which change embeddings without changing weights. Compare both to refuse mixing
+    models; `name` is informational (the same model may be loaded from two paths).
+    """
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters(), key=lambda item: item[0]):
+        tensor = param.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}|{tensor.dtype}|{tuple(param.shape)}|".encode())
+        # Viewing as bytes works for every dtype (numpy has no bfloat16).
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    config: dict[str, Any] = {"prompts": dict(sorted((getattr(model, "prompts", None) or {}).items()))}
+    for index, module in enumerate(model):
+        getter = getattr(module, "get_config_dict", None)
+        config[f"{index}:{type(module).__name__}"] = getter() if callable(getter) else None
+    config_digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+    return {
+        "name": str(getattr(model, "colbench_source", None) or getattr(model.model_card_data, "base_model", None) or ""),
+        "embedding_dim": int(model.get_embedding_dimension()),
+        "sha256": digest.hexdigest()[:16],
+        "config_sha256": config_digest[:16],
+    }

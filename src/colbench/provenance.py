@@ -1,0 +1,116 @@
+"""Where a result came from: code revision, software versions and hardware.
+
+`provenance()` is recorded beside every trained model (and may be recorded by any stage), so that a
+number in the report can be traced to the exact code and library versions that produced it.
+
+Contract:
+- Never raises: a missing git binary, a folder outside any repository or a library that is not
+  installed is recorded as ``None``.
+- Deterministic apart from ``recorded_at``: callers that hash provenance (to decide whether two runs
+  are comparable) must use `stable_part()`, which leaves the timestamp out.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+# Distributions whose versions decide the numbers this project produces.
+PACKAGES = (
+    "torch",
+    "transformers",
+    "sentence-transformers",
+    "datasets",
+    "accelerate",
+    "voyager",
+    "beir",
+    "pytrec-eval-terrier",
+    "numpy",
+    "colbench",
+)
+
+# Keys that change from one call to the next even when nothing that matters changed.
+VOLATILE_KEYS = ("recorded_at",)
+
+
+def _git(repo_dir: Path, *args: str) -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(repo_dir), *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def git_info(repo_dir: str | Path = ".") -> dict[str, Any]:
+    """``{"revision", "dirty"}`` of the repository holding ``repo_dir``; nulls without git or commits."""
+    repo_dir = Path(repo_dir)
+    revision = _git(repo_dir, "rev-parse", "HEAD")
+    status = _git(repo_dir, "status", "--porcelain", "--untracked-files=no") if revision else None
+    return {"revision": revision, "dirty": None if status is None else bool(status)}
+
+
+def package_versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
+    """Installed version of each distribution, ``None`` where it is not installed."""
+    versions: dict[str, str | None] = {}
+    for name in packages:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def hardware() -> dict[str, Any]:
+    """CPU count and, where CUDA is usable, the GPU names and count."""
+    info: dict[str, Any] = {
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        # The cores this process may use can be fewer than the machine has (containers, taskset).
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "gpu": None,
+        "gpu_count": 0,
+    }
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpu_count"] = torch.cuda.device_count()
+            info["gpu"] = torch.cuda.get_device_name(0)
+            info["cuda"] = torch.version.cuda
+    except Exception:  # provenance must never stop a run
+        pass
+    return info
+
+
+def provenance(repo_dir: str | Path = ".") -> dict[str, Any]:
+    """Everything needed to trace a result back to code, libraries and hardware.
+
+    Keys: ``git`` ({revision, dirty}), ``python``, ``platform``, ``packages`` (name -> version),
+    ``hardware`` (cpu_count, gpu, ...), ``recorded_at`` (UTC ISO timestamp; volatile).
+    """
+    return {
+        "git": git_info(repo_dir),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": package_versions(),
+        "hardware": hardware(),
+        "recorded_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def stable_part(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` without the volatile keys (timestamps), for hashing or comparing runs."""
+    return {key: value for key, value in record.items() if key not in VOLATILE_KEYS}

@@ -1,0 +1,262 @@
+"""MaxSim retrieval over an embedding store, exhaustive (``exact``) or through a Voyager index (``hnsw``).
+
+MaxSim(q, d) = sum over query tokens of the max over document tokens of their dot product. Both modes
+return an id-keyed run ``{query_id: {doc_id: score}}`` holding the top ``k`` documents in rank order.
+
+* ``exact`` scores every document. The store is read front to back in blocks of about ``block_tokens``
+  token vectors; within a block documents are sorted by length and cut into sub-blocks of similar length
+  (padding stays small). Each sub-block is gathered, cast to ``dtype`` and multiplied by the packed query
+  tokens of many queries at once, in tiles small enough that the similarity matrix stays in the CPU cache
+  and is reduced there: max over each document's tokens, sum over each query's tokens. Memory stays
+  bounded by one tile and the score matrix of one query batch; the store stays memory-mapped.
+* ``hnsw`` asks the index for the ``tokens_per_query_token`` nearest document tokens of every query token,
+  takes the union of their documents as candidates and reranks them with exact MaxSim from the store.
+
+Padding never wins a max: a document shorter than its sub-block is padded with copies of its own last token
+(not zero vectors), so the max over the padded row equals the max over its real tokens. PyLate pads with
+zero vectors without a mask, so there a padded position scores 0 and wins whenever a query token's best
+real similarity is negative: its scores for short documents can be higher than the true MaxSim.
+
+Ties are broken by document id (ascending string order), also at the k-th place. ``k`` larger than the
+number of documents returns every document (with a warning); ``hnsw`` returns fewer than ``k`` when the
+candidates are fewer. Documents with no token vectors cannot be scored and never appear.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from colbench.atomic import atomic_file
+from colbench.errors import InputError
+from colbench.index import TokenIndex
+from colbench.store import EmbeddingStore
+
+MODES = ("hnsw", "exact")
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+# Tile sizes, measured on a 2-core Sapphire Rapids (AMX bf16): a [_SUB_TOKENS, _TILE_ROWS] bf16 similarity
+# tile (4 MiB, 2 MiB per core) stays in L2, where the 128-wide product runs at about 1 TFLOP/s per core and
+# the max over document tokens reads it back from cache. Tiles of 16384 x 2048 (the first version) spill
+# to memory and ran 3-5x slower. Larger values only cost speed, never correctness.
+_TILE_ELEMENTS = 1024 * 2048  # similarity tile (document tokens x query tokens), bf16
+_MAX_SUB_TOKENS = 16384  # padded document tokens per product when few query tokens are scored (hnsw rerank)
+_TILE_ROWS = 2048  # query tokens per product (64 queries of 32 tokens)
+_SCORES_BYTES = 256 << 20  # score matrix of one query batch in exact mode
+
+
+def search(query_store: EmbeddingStore, doc_store: EmbeddingStore, *, k: int = 100, mode: str = "hnsw",
+           index: TokenIndex | None = None, ef_search: int = 64, tokens_per_query_token: int = 32,
+           dtype: str = "bfloat16", block_tokens: int = 262144) -> dict[str, dict[str, float]]:
+    """Top-``k`` MaxSim documents of ``doc_store`` for every query of ``query_store`` (see the module docstring).
+
+    ``dtype`` is the type of the matrix products in both modes (bfloat16 is fast where the CPU has it,
+    scores then differ from float32 by about 1e-2); sums are always float32. ``index`` (from
+    :func:`colbench.index.open_index`) is required for ``mode="hnsw"``.
+    """
+    _validate(query_store, doc_store, k=k, mode=mode, index=index, dtype=dtype, block_tokens=block_tokens,
+              ef_search=ef_search, tokens_per_query_token=tokens_per_query_token)
+    n_scorable = int((doc_store.lengths > 0).sum())
+    if k > n_scorable:
+        warnings.warn(f"k={k} is larger than the {n_scorable} documents of {doc_store.path}: returning all of them",
+                      stacklevel=2)
+    torch_dtype = DTYPES[dtype]
+    id_rank = np.empty(len(doc_store), dtype=np.int64)
+    id_rank[np.argsort(np.asarray(doc_store.ids, dtype=object), kind="stable")] = np.arange(len(doc_store))
+    with torch.inference_mode():
+        if mode == "exact":
+            return _search_exact(query_store, doc_store, k, torch_dtype, block_tokens, id_rank)
+        return _search_hnsw(query_store, doc_store, index, k, ef_search, tokens_per_query_token, torch_dtype, id_rank)
+
+
+def _validate(query_store, doc_store, *, k, mode, index, dtype, block_tokens, ef_search, tokens_per_query_token):
+    if mode not in MODES:
+        raise InputError(f"retrieve.mode={mode!r} is not one of {MODES}")
+    if dtype not in DTYPES:
+        raise InputError(f"retrieve.exact_dtype={dtype!r} is not one of {sorted(DTYPES)}")
+    if int(k) < 1 or int(block_tokens) < 1 or int(ef_search) < 1 or int(tokens_per_query_token) < 1:
+        raise InputError(f"retrieve: k={k}, block_tokens={block_tokens}, ef_search={ef_search} and "
+                         f"tokens_per_query_token={tokens_per_query_token} must all be >= 1")
+    if query_store.dim != doc_store.dim:
+        raise InputError(f"query store {query_store.path} has dimension {query_store.dim}, document store "
+                         f"{doc_store.path} {doc_store.dim}: encode both with the same model")
+    q_model, d_model = query_store.meta.get("model"), doc_store.meta.get("model")
+    if q_model is not None and d_model is not None and q_model != d_model:
+        raise InputError(f"query store {query_store.path} and document store {doc_store.path} were encoded by "
+                         f"different models ({q_model!r} vs {d_model!r}): rerun the encode stage")
+    empty = [query_store.ids[i] for i in np.flatnonzero(query_store.lengths == 0)[:5]]
+    if empty:
+        raise InputError(f"query store {query_store.path}: queries {empty} have no token vectors (empty text?)")
+    if mode == "hnsw":
+        if index is None:
+            raise InputError("retrieve.mode='hnsw' needs an index: build it with colbench.index.build_index "
+                             "and pass open_index(...) as index=, or use mode='exact'")
+        if index.manifest.get("store") != doc_store.fingerprint():
+            raise InputError(f"index {index.path} was built for another store than {doc_store.path}; rerun the index stage")
+
+
+def _top_k(scores: np.ndarray, docs: np.ndarray, id_rank: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best (doc, score) by score descending, then document id: exact at the k-th place too."""
+    finite = np.isfinite(scores)
+    if not finite.all():
+        scores, docs = scores[finite], docs[finite]
+    if len(scores) > k:
+        # Keep everything tied with the k-th score so the id order decides among them, not argpartition.
+        kth = np.partition(scores, len(scores) - k)[len(scores) - k]
+        keep = scores >= kth
+        scores, docs = scores[keep], docs[keep]
+    order = np.lexsort((id_rank[docs], -scores))[:k]
+    return docs[order], scores[order]
+
+
+def _store_tensor(store: EmbeddingStore) -> torch.Tensor:
+    """The store's vectors as a zero-copy tensor over the memory map (only ever read)."""
+    with warnings.catch_warnings():
+        # torch warns that the map is read-only; nothing here writes to it.
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(store.vectors)
+
+
+def _score_sorted(vectors: torch.Tensor, offsets: np.ndarray, lengths: np.ndarray, docs: np.ndarray,
+                  q_tiles: list[torch.Tensor], q_len: int, dtype: torch.dtype) -> torch.Tensor:
+    """MaxSim, float32 [len(docs), n_queries], of ``docs`` (non-empty, sorted by length) against packed queries.
+
+    ``q_tiles`` are the query tokens, ``dtype``, transposed to [dim, rows] (rows a multiple of ``q_len``).
+    Documents are cut into sub-blocks of similar length and padded with copies of their own last token, so
+    padding never changes a max. Each sub-block is gathered from ``vectors`` (the store's rows, any dtype)
+    and cast once, multiplied by every query tile, and reduced in place of the product: max over each
+    document's tokens (on the bf16 product, in cache), then a float32 sum over each query's tokens.
+    """
+    n_q = sum(t.shape[1] for t in q_tiles) // q_len
+    out = torch.empty((len(docs), n_q), dtype=torch.float32)
+    budget = min(_MAX_SUB_TOKENS, max(16, _TILE_ELEMENTS // max(t.shape[1] for t in q_tiles)))
+    doc_len = lengths[docs]
+    start = 0
+    while start < len(docs):
+        # Sorted by length: the widest document of [start, stop) is the last; at least one per sub-block.
+        window = doc_len[start : start + budget]  # a sub-block never holds more than `budget` documents
+        stop = start + max(1, int(np.searchsorted(np.arange(1, len(window) + 1) * window, budget, "right")))
+        width = int(doc_len[stop - 1])
+        pos = np.minimum(np.arange(width)[None, :], doc_len[start:stop, None] - 1)
+        rows = torch.from_numpy((offsets[docs[start:stop], None] + pos).ravel())
+        d = vectors.index_select(0, rows).to(dtype)
+        col = 0
+        for tile in q_tiles:
+            best = torch.mm(d, tile).view(stop - start, width, -1).amax(dim=1)
+            n = tile.shape[1] // q_len
+            out[start:stop, col : col + n] = best.float().view(stop - start, n, q_len).sum(dim=2)
+            col += n
+        start = stop
+    return out
+
+
+def _query_tiles(query_store: EmbeddingStore, queries: np.ndarray, dtype: torch.dtype) -> tuple[list[torch.Tensor], int]:
+    """Tokens of ``queries`` (all of one length) packed and cut into [dim, rows] tiles of <= _TILE_ROWS rows."""
+    q_len = int(query_store.lengths[queries[0]])
+    rows = (query_store.offsets[queries][:, None] + np.arange(q_len)[None, :]).ravel()
+    q = torch.from_numpy(np.asarray(query_store.vectors[rows], dtype=np.float32)).to(dtype)
+    # Equal tiles (2432 rows -> 2 x 1216, not 2048 + 384): a thin last product runs far below peak.
+    n_tiles = math.ceil(len(rows) / max(q_len, _TILE_ROWS))
+    step = math.ceil(len(queries) / n_tiles) * q_len
+    return [q[i : i + step].T.contiguous() for i in range(0, len(rows), step)], q_len
+
+
+def _query_groups(query_store: EmbeddingStore) -> list[np.ndarray]:
+    """Query numbers grouped by token count: one packed matrix per group (queries are usually all 32 long)."""
+    lengths = query_store.lengths
+    return [np.flatnonzero(lengths == n) for n in np.unique(lengths)]
+
+
+def _doc_blocks(lengths: np.ndarray, block_tokens: int) -> list[np.ndarray]:
+    """Non-empty documents in blocks of consecutive store rows (about ``block_tokens``), each sorted by length.
+
+    Sorting within a block keeps the padding of sub-blocks small while reading the store front to back.
+    """
+    bounds = np.searchsorted(np.cumsum(lengths), np.arange(block_tokens, int(lengths.sum()), block_tokens), "left")
+    blocks = []
+    for docs in np.split(np.arange(len(lengths)), np.unique(bounds + 1)):
+        docs = docs[lengths[docs] > 0]
+        if len(docs):
+            blocks.append(docs[np.argsort(lengths[docs], kind="stable")])
+    return blocks
+
+
+def _search_exact(query_store, doc_store, k, dtype, block_tokens, id_rank):
+    lengths, offsets = doc_store.lengths, doc_store.offsets
+    vectors = _store_tensor(doc_store)
+    blocks = _doc_blocks(lengths, block_tokens)
+    all_docs = np.arange(len(doc_store))
+    run: dict[str, dict[str, float]] = {}
+    for group in _query_groups(query_store):
+        batch = max(1, _SCORES_BYTES // (4 * len(doc_store)))
+        for qb in range(0, len(group), batch):
+            queries = group[qb : qb + batch]
+            q_tiles, q_len = _query_tiles(query_store, queries, dtype)
+            scores = torch.full((len(doc_store), len(queries)), -math.inf)
+            for block in blocks:
+                scores[torch.from_numpy(block)] = _score_sorted(vectors, offsets, lengths, block, q_tiles, q_len, dtype)
+            scores_t = scores.T.contiguous().numpy()
+            for i, qi in enumerate(queries):
+                docs, vals = _top_k(scores_t[i], all_docs, id_rank, k)
+                run[query_store.ids[qi]] = {doc_store.ids[d]: float(v) for d, v in zip(docs, vals)}
+    return {qid: run[qid] for qid in query_store.ids}  # query store order, whatever the grouping
+
+
+def _search_hnsw(query_store, doc_store, index, k, ef_search, tokens_per_query_token, dtype, id_rank):
+    lengths, offsets = doc_store.lengths, doc_store.offsets
+    vectors = _store_tensor(doc_store)
+    q_all = np.array(query_store.vectors, dtype=np.float32)  # a writable copy (queries are small)
+    # One call for every query token: Voyager spreads it over the cores without the GIL.
+    nearest = index.nearest_docs(q_all, tokens_per_query_token, ef_search)
+    run: dict[str, dict[str, float]] = {}
+    for qi, qid in enumerate(query_store.ids):
+        lo, hi = query_store.offsets[qi], query_store.offsets[qi + 1]
+        cands = np.unique(nearest[lo:hi])
+        cands = cands[np.argsort(lengths[cands], kind="stable")]
+        q_tile = torch.from_numpy(q_all[lo:hi]).to(dtype).T.contiguous()
+        scores = _score_sorted(vectors, offsets, lengths, cands, [q_tile], int(hi - lo), dtype)[:, 0]
+        docs, vals = _top_k(scores.numpy(), cands, id_rank, k)
+        run[qid] = {doc_store.ids[d]: float(v) for d, v in zip(docs, vals)}
+    return run
+
+
+def write_trec(run: dict[str, dict[str, float]], path: str | Path, tag: str) -> None:
+    """Write ``run`` as a TREC run file (``qid Q0 docid rank score tag``), ranked by score then doc id; atomic."""
+    if not tag or any(c.isspace() for c in tag):
+        raise InputError(f"TREC run tag {tag!r} must be a non-empty word without spaces")
+    with atomic_file(path, "w", encoding="utf-8") as out:
+        for qid, hits in run.items():
+            for ident in (qid, *hits):
+                if not ident or any(c.isspace() for c in ident):
+                    raise InputError(f"id {ident!r} (query {qid!r}) is empty or has whitespace: it cannot be "
+                                     f"written to the TREC run file {path}")
+            ranked = sorted(hits.items(), key=lambda item: (-item[1], item[0]))
+            for rank, (did, score) in enumerate(ranked, start=1):
+                out.write(f"{qid} Q0 {did} {rank} {score!r} {tag}\n")
+
+
+def read_trec(path: str | Path) -> dict[str, dict[str, float]]:
+    """Read a TREC run file written by :func:`write_trec` (or any 6-column run) into ``{qid: {docid: score}}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"run file {path} does not exist; rerun the retrieve stage")
+    run: dict[str, dict[str, float]] = {}
+    with open(path, encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            parts = line.split()
+            if not parts:
+                continue
+            try:
+                qid, _, did, _, score, _ = parts
+                value = float(score)
+            except ValueError as exc:
+                raise InputError(f"run file {path}, line {line_no}: expected `qid Q0 docid rank score tag`, "
+                                 f"got {line.strip()!r}") from exc
+            hits = run.setdefault(qid, {})
+            if did in hits:
+                raise InputError(f"run file {path}, line {line_no}: document {did!r} listed twice for query {qid!r}")
+            hits[did] = value
+    return run

@@ -1,0 +1,610 @@
+"""Knowledge-distillation training of a ColBERT model with sentence-transformers' multi-vector trainer.
+
+Recipe (`train`): 1. model (`colbench.model.build_colbert`) -> 2. data (`load_kd_dataset`) ->
+3. loss (`colbench.loss.build_kd_loss`) -> 4. arguments (`training_arguments`) -> 5. trainer
+(`MultiVectorEncoderTrainer`) -> 6. train, resuming from the last complete checkpoint of the same
+configuration -> 7. save the final model atomically, with `colbench_train.json` beside the weights.
+
+On-disk contract:
+- ``checkpoints_dir/colbench_checkpoints.json``: ``{"config_hash", "config"}``; checkpoints in the
+  folder belong to that configuration. A different hash clears the folder before training.
+- ``checkpoints_dir/checkpoint-<step>/``: the Hugging Face trainer's checkpoint (model, optimizer,
+  scheduler, RNG state, ``trainer_state.json``) plus ``colbench_complete.json``, written once the
+  checkpoint is whole; only such checkpoints are resumed from.
+- ``output_dir/``: a sentence-transformers `MultiVectorEncoder` folder plus ``colbench_train.json``
+  (params, seed, data manifest, config hash, provenance, final loss, parameter digests).
+- ``log_path``: JSON ``{"config_hash", "resumed_from_step", "records": [{step, epoch, loss,
+  learning_rate, grad_norm, eval_*...}], "summary"}``, rewritten atomically at every log.
+
+Distributed: the same entry point runs under ``torchrun --nproc_per_node N -m colbench.train ...``
+(DDP via the trainer and accelerate; gloo on CPU). Only rank 0 writes ``output_dir``, the log and
+checkpoint bookkeeping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import importlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from transformers import TrainerCallback
+
+from colbench.atomic import atomic_dir, read_json, write_json
+from colbench.errors import InputError
+from colbench.provenance import provenance
+
+KD_FILES = {
+    "train.parquet": ("query_id", "document_ids", "scores"),
+    "queries.parquet": ("query_id", "text"),
+    "documents.parquet": ("document_id", "text"),
+}
+CHECKPOINT_CONFIG = "colbench_checkpoints.json"
+CHECKPOINT_COMPLETE = "colbench_complete.json"
+TRAIN_RECORD = "colbench_train.json"
+# Settings that change only how often things are logged or saved, not the weights a run ends with:
+# left out of the config hash so that changing them does not throw checkpoints away.
+CADENCE_KEYS = ("logging_steps", "save_steps", "save_total_limit")
+LOG_KEYS = ("epoch", "loss", "learning_rate", "grad_norm")
+
+
+# --------------------------------------------------------------------------------------------- data
+def _read_table(folder: Path, name: str):
+    from datasets import Dataset
+
+    path = folder / name
+    if not path.is_file():
+        raise InputError(f"{path}: missing; a prepared KD folder holds {', '.join(KD_FILES)} (run the prepare stage).")
+    dataset = Dataset.from_parquet(str(path))
+    missing = [column for column in KD_FILES[name] if column not in dataset.column_names]
+    if missing:
+        raise InputError(f"{path}: columns {missing} missing (has {dataset.column_names}); expected {KD_FILES[name]}.")
+    return dataset
+
+
+def _first(values: pa.Array, mask: pa.Array) -> Any:
+    """The first value where ``mask`` is true (for error messages)."""
+    return values.filter(mask)[0].as_py()
+
+
+def validate_kd(train: pa.Table, queries: pa.Table, documents: pa.Table, *, n_ways: int, where: str = "") -> None:
+    """Raise `InputError` for anything that would break or silently skew distillation.
+
+    Checks, on the first ``n_ways`` candidates of each row (the ones that are trained on): every
+    row has at least ``n_ways`` candidates and as many scores as documents, scores are finite, and
+    every query and document id resolves to a text. Vectorised with pyarrow: 808k rows x 32 ids
+    take about a second.
+    """
+    if n_ways < 2:
+        raise InputError(f"loss.n_ways={n_ways}: distillation needs at least 2 candidates per query.")
+    if train.num_rows == 0:
+        raise InputError(f"{where}train.parquet: no training rows.")
+    qids = train.column("query_id").combine_chunks()
+    doc_lists = train.column("document_ids").combine_chunks()
+    score_lists = train.column("scores").combine_chunks()
+    n_docs = pc.list_value_length(doc_lists)
+    n_scores = pc.list_value_length(score_lists)
+
+    mismatch = pc.fill_null(pc.not_equal(n_docs, n_scores), True)
+    if pc.any(mismatch).as_py():
+        row = pc.indices_nonzero(mismatch)[0].as_py()
+        raise InputError(
+            f"{where}train.parquet: query {qids[row].as_py()!r} has {n_docs[row].as_py()} document_ids but "
+            f"{n_scores[row].as_py()} scores ({pc.sum(mismatch).as_py()} rows affected); re-run the prepare stage."
+        )
+    short = pc.fill_null(pc.less(n_docs, n_ways), True)
+    if pc.any(short).as_py():
+        qid = _first(qids, short)
+        raise InputError(
+            f"{where}train.parquet: query {qid!r} has fewer than n_ways={n_ways} candidates "
+            f"({pc.sum(short).as_py()} rows affected); lower loss.n_ways or drop those rows in prepare."
+        )
+
+    kept_docs = pc.list_slice(doc_lists, 0, n_ways)
+    kept_scores = pc.list_slice(score_lists, 0, n_ways)
+    flat_scores = pc.cast(pc.list_flatten(kept_scores), pa.float64())
+    bad = pc.fill_null(pc.invert(pc.is_finite(flat_scores)), True)
+    if pc.any(bad).as_py():
+        row = pc.list_parent_indices(kept_scores).filter(bad)[0].as_py()
+        raise InputError(
+            f"{where}train.parquet: query {qids[row].as_py()!r} has a non-finite teacher score "
+            f"({pc.sum(bad).as_py()} scores affected); fix or drop it in prepare."
+        )
+
+    missing_q = pc.invert(pc.is_in(qids, value_set=queries.column("query_id").combine_chunks()))
+    if pc.any(missing_q).as_py():
+        raise InputError(
+            f"{where}queries.parquet: {pc.sum(missing_q).as_py()} training query ids have no text, "
+            f"e.g. {_first(qids, missing_q)!r}; the queries table must cover every train.parquet query_id."
+        )
+    flat_docs = pc.list_flatten(kept_docs)
+    missing_d = pc.invert(pc.is_in(flat_docs, value_set=documents.column("document_id").combine_chunks()))
+    if pc.any(missing_d).as_py():
+        example = _first(flat_docs, missing_d)
+        row = pc.list_parent_indices(kept_docs).filter(missing_d)[0].as_py()
+        raise InputError(
+            f"{where}documents.parquet: {pc.sum(missing_d).as_py()} candidate document ids have no text, "
+            f"e.g. {example!r} (query {qids[row].as_py()!r}); the documents table must cover them."
+        )
+
+
+def load_kd_dataset(folder: str | Path, *, n_ways: int, max_samples: int | None = None):
+    """The prepared KD set as a `datasets.Dataset` of (query, document_1..document_{n_ways}, scores).
+
+    Reads ``train/queries/documents.parquet`` (ms-marco-en-bge schema) with `datasets`, keeps the
+    first ``max_samples`` rows, validates them (`validate_kd`) and resolves ids to texts lazily with
+    `sentence_transformers.util.resolve_ids` (``set_transform``: texts are joined per batch, so the
+    808k x 32 expanded texts never sit in memory or on disk). The first ``n_ways`` candidates are kept
+    as stored, scores truncated alike; ``scores`` is the label column the collator and
+    `MultiVectorDistillKLDivLoss` expect (query first, then the documents, positionally).
+    """
+    from sentence_transformers.util import resolve_ids
+
+    folder = Path(folder)
+    train = _read_table(folder, "train.parquet")
+    queries = _read_table(folder, "queries.parquet").select_columns(["query_id", "text"])
+    documents = _read_table(folder, "documents.parquet").select_columns(["document_id", "text"])
+    if max_samples is not None:
+        if max_samples < 1:
+            raise InputError(f"max_samples={max_samples}: must be a positive integer or null.")
+        train = train.select(range(min(max_samples, train.num_rows)))
+    train = train.select_columns(["query_id", "document_ids", "scores"])
+    validate_kd(
+        train.with_format("arrow")[:],
+        queries.data.table,
+        documents.data.table,
+        n_ways=n_ways,
+        where=f"{folder}/",
+    )
+    train.set_transform(
+        resolve_ids({"query_id": queries, "document_ids": documents}, keep_columns=["scores"], max_list_length=n_ways)
+    )
+    return train
+
+
+def kd_manifest(folder: str | Path) -> dict[str, Any]:
+    """The prepare stage's ``manifest.json`` (source, revision, counts); `InputError` if absent."""
+    path = Path(folder) / "manifest.json"
+    if not path.is_file():
+        raise InputError(f"{path}: missing; the prepare stage writes it beside the KD parquet files.")
+    return read_json(path)
+
+
+# ---------------------------------------------------------------------------------------- arguments
+def resolve_precision(bf16: bool | str, tf32: bool | str) -> tuple[bool, bool | None]:
+    """Turn the ``"auto"|true|false`` settings into what the trainer takes.
+
+    ``auto``: bf16 where a CUDA device supports it, tf32 on Ampere or newer; plain fp32 on CPU
+    (bf16 autocast on CPU is opt-in, since it is not bit-exact). Returns ``(bf16, tf32)`` with tf32
+    ``None`` meaning "leave torch's default".
+    """
+    cuda = torch.cuda.is_available()
+    for name, value in (("bf16", bf16), ("tf32", tf32)):
+        if value not in ("auto", True, False):
+            raise InputError(f"train.args.{name}={value!r}: use auto, true or false.")
+    use_bf16 = (cuda and torch.cuda.is_bf16_supported()) if bf16 == "auto" else bool(bf16)
+    if tf32 == "auto":
+        use_tf32: bool | None = True if cuda and torch.cuda.get_device_capability()[0] >= 8 else None
+    elif tf32 and not cuda:
+        raise InputError("train.args.tf32=true needs a CUDA GPU (Ampere or newer); use auto or false on CPU.")
+    else:
+        use_tf32 = bool(tf32)
+    return use_bf16, use_tf32
+
+
+def training_arguments(
+    args: dict[str, Any],
+    *,
+    output_dir: str | Path,
+    seed: int,
+    eval_steps: int | None = None,
+    with_evaluator: bool = False,
+):
+    """`MultiVectorEncoderTrainingArguments` from the study's ``train.args`` mapping.
+
+    ``warmup_ratio`` becomes ``warmup_steps`` (transformers 5 takes a fraction there), bf16/tf32
+    go through `resolve_precision`; every other key must be a TrainingArguments field.
+    """
+    from sentence_transformers import MultiVectorEncoderTrainingArguments
+
+    settings = dict(args)
+    bf16, tf32 = resolve_precision(settings.pop("bf16", "auto"), settings.pop("tf32", "auto"))
+    if "warmup_ratio" in settings:
+        ratio = settings.pop("warmup_ratio")
+        if not 0 <= ratio < 1:
+            raise InputError(f"train.args.warmup_ratio={ratio}: must be in [0, 1).")
+        settings["warmup_steps"] = ratio
+    fields = {field.name for field in dataclasses.fields(MultiVectorEncoderTrainingArguments)}
+    unknown = sorted(set(settings) - fields)
+    if unknown:
+        raise InputError(f"train.args: unknown trainer settings {unknown}; see transformers TrainingArguments.")
+    evaluation = {}
+    if with_evaluator:
+        evaluation = {
+            "eval_strategy": "steps",
+            "eval_steps": eval_steps or settings.get("save_steps", 500),
+            "eval_on_start": True,
+        }
+    # Without CUDA, say so: accelerate only sets up gloo DDP across CPU processes when told to use the CPU.
+    settings.setdefault("use_cpu", not torch.cuda.is_available())
+    settings.setdefault("report_to", "none")
+    return MultiVectorEncoderTrainingArguments(
+        **settings,
+        **evaluation,
+        output_dir=str(output_dir),
+        bf16=bf16,
+        tf32=tf32,
+        seed=seed,
+        data_seed=seed,
+        save_strategy="steps",
+        logging_strategy="steps",
+    )
+
+
+# ------------------------------------------------------------------------------------- checkpoints
+def config_hash(config: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of ``config`` (sorted keys)."""
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _step(path: Path) -> int:
+    return int(path.name.split("-", 1)[1])
+
+
+def complete_checkpoints(checkpoints_dir: str | Path) -> list[Path]:
+    """Checkpoints written to the end (marker present), oldest first."""
+    folder = Path(checkpoints_dir)
+    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-", 1)[1].isdigit()]
+    return sorted((p for p in found if (p / CHECKPOINT_COMPLETE).is_file()), key=_step)
+
+
+def prepare_checkpoints(checkpoints_dir: str | Path, digest: str, config: dict[str, Any], *, main: bool) -> Path | None:
+    """The checkpoint to resume from, or ``None`` after clearing checkpoints of another config.
+
+    Only the main process changes the folder (call it main-first); the others only read it.
+    A checkpoint without the completion marker (a run killed while saving) is removed.
+    """
+    folder = Path(checkpoints_dir)
+    record = folder / CHECKPOINT_CONFIG
+    same = record.is_file() and read_json(record).get("config_hash") == digest
+    if main:
+        if not same and folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for partial in folder.glob("checkpoint-*"):
+            if not (partial / CHECKPOINT_COMPLETE).is_file():
+                shutil.rmtree(partial)
+        if not same:
+            write_json(record, {"config_hash": digest, "config": config})
+    complete = complete_checkpoints(folder) if same else []
+    return complete[-1] if complete else None
+
+
+class CheckpointBookkeeping(TrainerCallback):
+    """After each checkpoint: drop the trainer's pickled ``training_args.bin`` (the project keeps no
+    pickle; resuming never reads it) and mark the checkpoint complete."""
+
+    def __init__(self) -> None:
+        self.trainer = None
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.trainer is not None:
+            # Every rank writes its RNG state into the checkpoint: mark it only once all have.
+            self.trainer.accelerator.wait_for_everyone()
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            (folder / "training_args.bin").unlink(missing_ok=True)
+            write_json(folder / CHECKPOINT_COMPLETE, {"step": state.global_step})
+        return control
+
+
+class JsonLog(TrainerCallback):
+    """Rewrite the training log at every log event, so that a killed run leaves a valid log.
+
+    Built from ``state.log_history``, which a resumed run restores from its checkpoint: the log of
+    a resumed run continues the steps of the interrupted one rather than restarting at 0.
+    """
+
+    def __init__(self, path: str | Path, header: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.header = header
+
+    def records(self, history: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        by_step: dict[int, dict[str, Any]] = {}
+        summary: dict[str, Any] = {}
+        for entry in history:
+            if "train_runtime" in entry:
+                summary = {k: v for k, v in entry.items() if k != "step"}
+                continue
+            row = by_step.setdefault(int(entry["step"]), {"step": int(entry["step"])})
+            row.update({k: v for k, v in entry.items() if k in LOG_KEYS or k.startswith("eval_")})
+        return [by_step[step] for step in sorted(by_step)], summary
+
+    def write(self, state) -> None:
+        records, summary = self.records(state.log_history)
+        write_json(self.path, {**self.header, "records": records, "summary": summary})
+
+    def on_log(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.write(state)
+        return control
+
+
+def parameter_digest(model: torch.nn.Module) -> str:
+    """sha256 over every parameter's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name, param in sorted(model.state_dict().items()):
+        tensor = param.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def _replica_digests(trainer, local: str) -> list[str]:
+    # Every DDP replica should hold the same weights; gathering their digests proves it.
+    tensor = torch.tensor(list(bytes.fromhex(local)), dtype=torch.uint8, device=trainer.accelerator.device)
+    gathered = trainer.accelerator.gather(tensor).cpu().view(-1, 32)
+    return [bytes(row.tolist()).hex() for row in gathered]
+
+
+# ------------------------------------------------------------------------------------------- train
+def train(
+    *,
+    kd_dir: str | Path,
+    output_dir: str | Path,
+    checkpoints_dir: str | Path,
+    log_path: str | Path,
+    base_model: str,
+    model_kwargs: dict[str, Any],
+    loss_kwargs: dict[str, Any],
+    args: dict[str, Any],
+    seed: int,
+    evaluator=None,
+    eval_steps: int | None = None,
+    provenance_extra: dict[str, Any] | None = None,
+    max_samples: int | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> Path:
+    """Distil the teacher's scores in ``kd_dir`` into a ColBERT built on ``base_model``.
+
+    ``model_kwargs`` go to `build_colbert` (params.yaml train.model), ``loss_kwargs`` are
+    params.yaml train.loss (``n_ways`` picks the candidates, the rest go to `build_kd_loss`),
+    ``args`` are params.yaml train.args. Resumes from the last complete checkpoint in
+    ``checkpoints_dir`` when it was written by the same configuration, data and world size.
+    ``callbacks`` are extra trainer callbacks (tests use one to kill a run). Returns ``output_dir``.
+    """
+    from sentence_transformers import MultiVectorEncoderTrainer
+
+    from colbench.loss import build_kd_loss
+    from colbench.model import build_colbert, model_fingerprint
+
+    output_dir, checkpoints_dir, log_path = Path(output_dir), Path(checkpoints_dir), Path(log_path)
+    loss_settings = dict(loss_kwargs)
+    if "n_ways" not in loss_settings:
+        raise InputError("train.loss.n_ways: missing; set how many candidates per query to distil.")
+    n_ways = int(loss_settings.pop("n_ways"))
+
+    # 1. Model: seeded so that the projection layer's random init is the same on every run and rank.
+    model = build_colbert(base_model, **model_kwargs, seed=seed)
+    # 2. Data: validated before any training step.
+    manifest = kd_manifest(kd_dir)
+    dataset = load_kd_dataset(kd_dir, n_ways=n_ways, max_samples=max_samples)
+    # 3. Loss.
+    loss = build_kd_loss(model, **loss_settings)
+    # 4. Arguments.
+    training_args = training_arguments(
+        args, output_dir=checkpoints_dir, seed=seed, eval_steps=eval_steps, with_evaluator=evaluator is not None
+    )
+
+    config = {
+        "base_model": base_model,
+        "initial_model": model_fingerprint(model),
+        "model": model_kwargs,
+        "loss": loss_kwargs,
+        "args": {k: v for k, v in args.items() if k not in CADENCE_KEYS},
+        "seed": seed,
+        "max_samples": max_samples,
+        "world_size": training_args.world_size,
+        "data": {"manifest": manifest, "n_train": dataset.num_rows},
+    }
+    digest = config_hash(config)
+    main = training_args.process_index == 0
+    with training_args.main_process_first(local=False, desc="checkpoint bookkeeping"):
+        resume_from = prepare_checkpoints(checkpoints_dir, digest, config, main=main)
+
+    # 5. Trainer.
+    header = {
+        "config_hash": digest,
+        "resumed_from_step": _step(resume_from) if resume_from else None,
+        "world_size": training_args.world_size,
+    }
+    log = JsonLog(log_path, header)
+    bookkeeping = CheckpointBookkeeping()
+    trainer = MultiVectorEncoderTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        loss=loss,
+        evaluator=evaluator,
+        callbacks=[log, bookkeeping, *callbacks],
+    )
+    bookkeeping.trainer = trainer
+
+    # 6. Train (resuming restores weights, optimizer, scheduler, RNG and data position).
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if evaluator is not None and not any(
+        "eval_runtime" in entry and entry.get("step") == trainer.state.global_step for entry in trainer.state.log_history
+    ):
+        trainer.evaluate()  # the end-of-training evaluation, unless the last step just had one
+
+    # 7. Save: every rank computes its digest (collective), rank 0 writes.
+    local_digest = parameter_digest(model)
+    replicas = _replica_digests(trainer, local_digest)
+    if trainer.is_world_process_zero():
+        log.write(trainer.state)
+        records, _ = log.records(trainer.state.log_history)
+        losses = [r["loss"] for r in records if "loss" in r]
+        record = {
+            "base_model": base_model,
+            "model": model_kwargs,
+            "loss": loss_kwargs,
+            "args": args,
+            "resolved_precision": {"bf16": training_args.bf16, "tf32": training_args.tf32},
+            "seed": seed,
+            "max_samples": max_samples,
+            "world_size": training_args.world_size,
+            "data": {
+                "kd_dir": str(kd_dir),
+                "source": manifest.get("source"),
+                "revision": manifest.get("revision"),
+                "manifest": manifest,
+                "n_train": dataset.num_rows,
+                "n_ways": n_ways,
+            },
+            "config_hash": digest,
+            "global_step": trainer.state.global_step,
+            "resumed_from_step": header["resumed_from_step"],
+            "final_loss": losses[-1] if losses else None,
+            # From the log rather than the trainer's training_loss, which after a resume averages
+            # only the steps run in this process.
+            "mean_logged_loss": sum(losses) / len(losses) if losses else None,
+            "parameter_sha256": local_digest,
+            "replica_parameter_sha256": replicas,
+            "provenance": provenance(Path(__file__).resolve().parent),
+            "provenance_extra": provenance_extra or {},
+        }
+        with atomic_dir(output_dir) as tmp:
+            model.save_pretrained(str(tmp))
+            write_json(tmp / TRAIN_RECORD, record)
+    trainer.accelerator.wait_for_everyone()
+    return output_dir
+
+
+# ------------------------------------------------------------------------------------ the stage
+def run_training(*, distributed: str = "none", num_processes: int = 1, evaluator_kwargs: dict[str, Any] | None = None,
+                 **train_kwargs: Any) -> dict[str, Any]:
+    """The train stage: `train` in this process, or the same entry point under torchrun (``distributed="ddp"``).
+
+    ``evaluator_kwargs`` go to `colbench.heldout.make_evaluator` (built in every process, since an
+    evaluator cannot travel to torchrun's workers). Returns `training_summary` of the saved model.
+    """
+    evaluator_kwargs = evaluator_kwargs or {"dataset": None}
+    if distributed == "ddp":
+        import subprocess
+        import sys
+        import tempfile
+
+        config = {key: str(value) if isinstance(value, Path) else value for key, value in train_kwargs.items()}
+        config.update(evaluator_factory="colbench.heldout:make_evaluator", evaluator_kwargs=evaluator_kwargs)
+        with tempfile.TemporaryDirectory(prefix="colbench-ddp-") as tmp:
+            config_path = Path(tmp) / "train.json"
+            write_json(config_path, config)
+            command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                       f"--nproc_per_node={num_processes}", "-m", "colbench.train", "--config", str(config_path)]
+            subprocess.run(command, check=True)
+    elif distributed == "none":
+        from colbench.heldout import make_evaluator
+
+        train(**train_kwargs, evaluator=make_evaluator(**evaluator_kwargs))
+    else:
+        raise InputError(f"train.distributed={distributed!r}: use none or ddp.")
+    return training_summary(train_kwargs["output_dir"], train_kwargs["log_path"], evaluator_kwargs.get("dataset"))
+
+
+def training_summary(output_dir: str | Path, log_path: str | Path, heldout: str | None) -> dict[str, Any]:
+    """What the report needs of a finished run: steps, loss, and the held-out metric at the first and last evaluation."""
+    record = read_json(Path(output_dir) / TRAIN_RECORD)
+    records = read_json(log_path).get("records", [])
+    summary: dict[str, Any] = {
+        "trained": True,
+        "base_model": record["base_model"],
+        "global_step": record["global_step"],
+        "resumed_from_step": record["resumed_from_step"],
+        "n_train_queries": record["data"]["n_train"],
+        "final_loss": record["final_loss"],
+        "heldout_dataset": heldout,
+    }
+    for metric in ("ndcg@10", "recall@100"):
+        key = f"eval_{heldout}_{metric}"
+        evaluated = [r for r in records if key in r]
+        if heldout and evaluated:
+            summary[f"heldout_start_{metric}"] = evaluated[0][key]
+            summary[f"heldout_end_{metric}"] = evaluated[-1][key]
+    return summary
+
+
+def use_existing_checkpoint(checkpoint: str, output_dir: str | Path, *, log_path: str | Path,
+                            baseline_runs: str | Path) -> dict[str, Any]:
+    """No training: check that ``checkpoint`` (hub id or path) loads, and point ``output_dir`` at it.
+
+    ``output_dir/checkpoint.json`` is what `colbench.model.load_colbert` follows; the log is empty and
+    there is no untrained baseline run.
+    """
+    from colbench.model import load_colbert, model_fingerprint
+
+    model = load_colbert(checkpoint)  # fails here, clearly, if it is unreachable or not a ColBERT checkpoint
+    fingerprint = model_fingerprint(model)
+    with atomic_dir(output_dir) as tmp:
+        write_json(tmp / "checkpoint.json", {"checkpoint": checkpoint, "fingerprint": fingerprint,
+                                             "provenance": provenance(Path(__file__).resolve().parent)})
+    write_json(log_path, {"records": [], "summary": {"checkpoint": checkpoint}})
+    Path(baseline_runs).mkdir(parents=True, exist_ok=True)
+    return {"trained": False, "checkpoint": checkpoint, "global_step": 0, "n_train_queries": 0}
+
+
+def write_train_metrics(summary: dict[str, Any], path: str | Path) -> None:
+    """The stage's DVC metrics: the summary's numbers (and which checkpoint was evaluated)."""
+    write_json(path, {k: v for k, v in summary.items() if v is None or isinstance(v, (int, float, str, bool))})
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def _load_factory(spec: str) -> Callable[..., Any]:
+    module, _, name = spec.partition(":")
+    if not name:
+        raise InputError(f"--evaluator-factory {spec!r}: use module:function.")
+    return getattr(importlib.import_module(module), name)
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """``python -m colbench.train --config train.json [--key value ...]`` (also under torchrun).
+
+    ``--config`` holds `train`'s keyword arguments as JSON; flags override single keys (dict-valued
+    ones take JSON). ``evaluator_factory`` (``module:function``) with ``evaluator_kwargs`` builds
+    the optional evaluator in each process, since an evaluator object cannot travel as JSON.
+    """
+    parser = argparse.ArgumentParser(prog="python -m colbench.train", description=main.__doc__)
+    parser.add_argument("--config", type=Path, help="JSON file with train()'s keyword arguments")
+    for flag in ("kd-dir", "output-dir", "checkpoints-dir", "log-path", "base-model", "evaluator-factory"):
+        parser.add_argument(f"--{flag}")
+    for flag in ("model-kwargs", "loss-kwargs", "args", "provenance-extra", "evaluator-kwargs"):
+        parser.add_argument(f"--{flag}", type=json.loads)
+    for flag in ("seed", "eval-steps", "max-samples"):
+        parser.add_argument(f"--{flag}", type=int)
+    options = vars(parser.parse_args(argv))
+    config = read_json(options.pop("config")) if options.get("config") else {}
+    options.pop("config", None)
+    config.update({key: value for key, value in options.items() if value is not None})
+    factory = config.pop("evaluator_factory", None)
+    evaluator_kwargs = config.pop("evaluator_kwargs", None) or {}
+    if factory:
+        config["evaluator"] = _load_factory(factory)(**evaluator_kwargs)
+    required = ("kd_dir", "output_dir", "checkpoints_dir", "log_path", "base_model", "model_kwargs", "loss_kwargs", "args", "seed")
+    missing = [key for key in required if key not in config]
+    if missing:
+        raise InputError(f"colbench.train: missing settings {missing} (in --config or as flags).")
+    return train(**config)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

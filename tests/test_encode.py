@@ -1,0 +1,158 @@
+"""colbench.encode: encoding into an embedding store, in order, resumably, refusing bad text."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import contextlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import colbench.encode as encode_module
+from colbench.encode import encode_to_store
+from colbench.errors import InputError
+from colbench.model import load_colbert, model_fingerprint
+from colbench.store import open_store
+
+FIXTURE = Path(__file__).parent / "fixtures" / "pylate" / "bert"
+REFERENCE = json.loads((FIXTURE / "reference.json").read_text(encoding="utf-8"))
+DOCS = REFERENCE["documents"]  # includes a 300-word document (truncated at 180 tokens) and a punctuation one
+DOC_IDS = [f"d{i}" for i in range(len(DOCS))]
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_colbert(str(FIXTURE / "pylate-colbert"), device="cpu")
+
+
+def test_documents_store_matches_the_models_encoding(tmp_path, model):
+    stats = encode_to_store(model, DOC_IDS, DOCS, tmp_path / "docs", is_query=False, batch_size=3,
+                            dtype="float32", shard_size=3, show_progress=False)
+    store = open_store(tmp_path / "docs", expect={"model": model_fingerprint(model), "is_query": False})
+    assert store.ids == DOC_IDS
+    assert store.lengths.tolist() == REFERENCE["document_n_tokens"]  # skiplist applied, as PyLate
+    expected = model.encode_document(DOCS, convert_to_numpy=True)
+    for i, emb in enumerate(expected):
+        np.testing.assert_allclose(store.item(i), emb, atol=1e-5, rtol=0)
+    assert stats["n_items"] == len(DOCS) and stats["n_tokens"] == sum(REFERENCE["document_n_tokens"])
+    assert stats["n_truncated"] == 1 and store.meta["n_truncated"] == 1  # the 300-word document
+    assert store.meta["max_tokens"] == 180
+    assert not (tmp_path / "docs.shards").exists()
+
+
+def test_queries_store_and_truncation_count(tmp_path, model):
+    queries = ["wind tunnel models", " ".join(["long"] * 40)]
+    stats = encode_to_store(model, ["q1", "q2"], queries, tmp_path / "q", is_query=True, show_progress=False)
+    store = open_store(tmp_path / "q")
+    assert store.lengths.tolist() == [32, 32]  # query expansion
+    assert store.meta["is_query"] is True and stats["n_truncated"] == 1
+    assert store.dtype == "float16"
+    np.testing.assert_allclose(store.item(0).astype(np.float32),
+                               model.encode_query(queries[:1], convert_to_numpy=True)[0], atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 8])
+def test_result_does_not_depend_on_batching(tmp_path, model, batch_size):
+    encode_to_store(model, DOC_IDS, DOCS, tmp_path / "a", is_query=False, batch_size=batch_size, dtype="float32",
+                    show_progress=False)
+    encode_to_store(model, DOC_IDS, DOCS, tmp_path / "b", is_query=False, batch_size=len(DOCS), dtype="float32",
+                    show_progress=False)
+    a, b = open_store(tmp_path / "a"), open_store(tmp_path / "b")
+    assert a.offsets.tolist() == b.offsets.tolist()
+    np.testing.assert_allclose(a.vectors, b.vectors, atol=1e-5, rtol=0)
+
+
+def test_a_killed_run_resumes_from_finished_shards(tmp_path, model, monkeypatch):
+    real = encode_module._encode_shard
+    calls = []
+
+    def dies_on_third_shard(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(encode_module, "_encode_shard", dies_on_third_shard)
+    with pytest.raises(KeyboardInterrupt):
+        encode_to_store(model, DOC_IDS, DOCS, tmp_path / "docs", is_query=False, shard_size=2, show_progress=False)
+    assert not (tmp_path / "docs").exists()
+    state = json.loads((tmp_path / "docs.shards" / "state.json").read_text())
+    assert sorted(state["shards"]) == ["00000", "00001"]
+
+    monkeypatch.setattr(encode_module, "_encode_shard", real)
+    stats = encode_to_store(model, DOC_IDS, DOCS, tmp_path / "docs", is_query=False, shard_size=2,
+                            show_progress=False)
+    assert stats["reused_items"] == 4
+    encode_to_store(model, DOC_IDS, DOCS, tmp_path / "fresh", is_query=False, shard_size=2, show_progress=False)
+    resumed, fresh = open_store(tmp_path / "docs"), open_store(tmp_path / "fresh")
+    assert resumed.offsets.tolist() == fresh.offsets.tolist()
+    np.testing.assert_array_equal(np.asarray(resumed.vectors), np.asarray(fresh.vectors))
+    assert resumed.meta == fresh.meta
+    assert not (tmp_path / "docs.shards").exists()
+
+
+def test_shards_from_other_inputs_are_not_reused(tmp_path, model, monkeypatch):
+    real = encode_module._encode_shard
+
+    def dies_on_second_shard(*args, _calls=[], **kwargs):  # noqa: B006 - a per-test counter
+        _calls.append(1)
+        if len(_calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(encode_module, "_encode_shard", dies_on_second_shard)
+    with pytest.raises(KeyboardInterrupt):
+        encode_to_store(model, DOC_IDS, DOCS, tmp_path / "docs", is_query=False, shard_size=4, show_progress=False)
+    monkeypatch.setattr(encode_module, "_encode_shard", real)
+    changed = list(DOCS)
+    changed[0] = "A different first document."
+    stats = encode_to_store(model, DOC_IDS, changed, tmp_path / "docs", is_query=False, shard_size=4,
+                            show_progress=False)
+    assert stats["reused_items"] == 0
+    expected = model.encode_document(changed[:1], convert_to_numpy=True)[0]
+    np.testing.assert_allclose(open_store(tmp_path / "docs").item(0).astype(np.float32), expected, atol=2e-3)
+
+
+@pytest.mark.parametrize("is_query", [True, False])
+@pytest.mark.parametrize(
+    ("ids", "texts", "message"),
+    [
+        (["a", "b"], ["fine", ""], "'b' has empty text"),
+        (["a", "b"], ["fine", "   "], "'b' has empty text"),
+        (["a", "b"], ["fine", "caf\udce9"], "'b' holds an unpaired surrogate"),
+        (["a", "a"], ["one", "two"], "duplicate"),
+        (["a"], ["one", "two"], "1 ids but 2 texts"),
+        ([], [], "empty input"),
+    ],
+)
+def test_bad_inputs_are_refused_naming_the_item(tmp_path, model, ids, texts, message, is_query):
+    with pytest.raises(InputError, match=message):
+        encode_to_store(model, ids, texts, tmp_path / "out", is_query=is_query, show_progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_dtype_is_refused(tmp_path, model):
+    with pytest.raises(InputError, match="encode.dtype"):
+        encode_to_store(model, ["a"], ["x"], tmp_path / "out", is_query=False, dtype="int8", show_progress=False)
+
+
+def test_bf16_autocast_is_close_to_float32_or_falls_back(tmp_path, model):
+    supported = encode_module._bf16_supported(model.device)
+    with contextlib.nullcontext() if supported else pytest.warns(UserWarning, match="not supported"):
+        stats = encode_to_store(model, DOC_IDS, DOCS, tmp_path / "bf16", is_query=False, dtype="float32",
+                                autocast_bf16=True, show_progress=False)
+    encode_to_store(model, DOC_IDS, DOCS, tmp_path / "fp32", is_query=False, dtype="float32", show_progress=False)
+    bf16, fp32 = open_store(tmp_path / "bf16"), open_store(tmp_path / "fp32")
+    assert stats["autocast_bf16"] == supported
+    assert bf16.offsets.tolist() == fp32.offsets.tolist()
+    # Unit vectors: bf16 keeps about 3 significant digits.
+    np.testing.assert_allclose(bf16.vectors, fp32.vectors, atol=5e-2, rtol=0)
+

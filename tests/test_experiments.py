@@ -1,0 +1,81 @@
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from colbench.errors import InputError
+from colbench.experiments import load_experiments, plot_ablation
+
+DVC = str(Path(sys.executable).with_name("dvc"))
+
+STAGE = """\
+import json, os, yaml
+p = yaml.safe_load(open("params.yaml"))
+os.makedirs("reports/metrics", exist_ok=True)
+scale = p["train"]["scale"]
+for name, base in (("scifact", 0.1), ("fiqa", 0.2)):
+    json.dump({"ndcg@10": base * scale, "recall@100": 0.9}, open(f"reports/metrics/{name}.json", "w"))
+"""
+
+
+@pytest.fixture
+def dvc_repo(tmp_path, monkeypatch):
+    for key, value in {"DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+                       "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}.items():
+        monkeypatch.setenv(key, value)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "params.yaml").write_text("train:\n  scale: 1\nevaluate:\n  k_values: [1, 10]\n")
+    (repo / "stage.py").write_text(STAGE)
+    (repo / "dvc.yaml").write_text(textwrap.dedent(f"""\
+        stages:
+          evaluate:
+            cmd: {sys.executable} stage.py
+            deps: [stage.py]
+            params: [train, evaluate]
+            metrics:
+              - reports/metrics/scifact.json: {{cache: false}}
+              - reports/metrics/fiqa.json: {{cache: false}}
+        """))
+
+    def sh(*cmd):
+        subprocess.run(cmd, cwd=repo, check=True, capture_output=True, env=os.environ)
+
+    sh("git", "init", "-q")
+    sh(DVC, "init", "-q")
+    sh(DVC, "repro", "-q")
+    sh("git", "add", "-A")
+    sh("git", "commit", "-qm", "study")
+    sh(DVC, "exp", "run", "-q", "-S", "train.scale=2", "-n", "double")
+    sh(DVC, "exp", "run", "-q", "-S", "train.scale=3", "-n", "triple")
+    return repo
+
+
+def test_load_experiments_lists_baseline_and_experiments(dvc_repo, tmp_path):
+    df = load_experiments(dvc_repo, DVC)
+    assert list(df["role"]) == ["baseline", "experiment", "experiment"]
+    assert list(df["same_as_baseline"]) == [True, False, False]
+    assert list(df["experiment"][1:]) == ["double", "triple"]
+    # Only the param that differs becomes a column; evaluate.k_values does not.
+    assert df.attrs["params"] == ["train.scale"]
+    assert list(df["train.scale"]) == [1, 2, 3]
+    assert df["ndcg@10/scifact"].tolist() == pytest.approx([0.1, 0.2, 0.3])
+    assert df["ndcg@10/fiqa"].tolist() == pytest.approx([0.2, 0.4, 0.6])
+    assert "recall@100/fiqa" not in df.columns
+
+    workspace = load_experiments(dvc_repo, DVC, include_workspace=True, metrics=("ndcg@10", "recall@100"))
+    assert workspace["role"].tolist().count("workspace") == 1
+    assert workspace["recall@100/fiqa"].tolist() == pytest.approx([0.9] * 4)
+
+    png = plot_ablation(df, tmp_path / "ablation.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(InputError, match="no 'map@100' columns"):
+        plot_ablation(df, tmp_path / "x.png", metric="map@100")
+
+
+def test_load_experiments_rejects_a_folder_without_dvc(tmp_path):
+    with pytest.raises(InputError, match="not a DVC repository"):
+        load_experiments(tmp_path, DVC)

@@ -1,0 +1,42 @@
+"""Offline, a full-study run stops at once and names every resource it needs, with how to provide it."""
+
+from pathlib import Path
+
+import pytest
+
+from colbench.config import load_params
+from colbench.errors import InputError
+from colbench.preflight import check_resources, remote_resources
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_offline_study_run_names_each_missing_resource(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    monkeypatch.setenv("COLBENCH_BEIR_CACHE", str(tmp_path / "beir"))
+    monkeypatch.setattr("colbench.preflight._reachable", lambda url, timeout: False)
+    with pytest.raises(InputError) as info:
+        check_resources(load_params(ROOT / "params.yaml"))
+    message = str(info.value)
+    for key in ("prepare.kd.source", "prepare.datasets.fiqa.source", "prepare.datasets.arguana.source", "train.base_model"):
+        assert key in message
+    assert "hf download answerdotai/ModernBERT-base" in message
+    assert "arguana.zip" in message
+
+
+def test_the_demo_needs_no_network():
+    assert remote_resources(load_params(ROOT / "demo" / "params.yaml")) == []
+
+
+def test_a_cached_beir_dataset_is_not_reported(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("COLBENCH_BEIR_CACHE", str(tmp_path / "beir"))
+    monkeypatch.setattr("colbench.preflight._reachable", lambda url, timeout: False)
+    (tmp_path / "beir" / "scifact").mkdir(parents=True)
+    (tmp_path / "beir" / "scifact" / "corpus.jsonl").write_text("{}\n")
+    with pytest.raises(InputError) as info:
+        check_resources(load_params(ROOT / "params.yaml"))
+    assert "prepare.datasets.scifact" not in str(info.value)
+    assert "prepare.datasets.fiqa" in str(info.value)

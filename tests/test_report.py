@@ -1,0 +1,140 @@
+import math
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+
+from colbench import report
+from colbench.costs import measure
+from colbench.errors import InputError
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _flat(values, metric="ndcg@10"):
+    return {f"q{i}": {metric: float(v)} for i, v in enumerate(values)}
+
+
+def test_study_table_marks_reproduced_only_inside_the_interval():
+    per_query = {"exact": _flat([0.5] * 10), "off": _flat([0.5] * 10), "new": _flat([0.2, 0.4]),
+                 "spread": _flat(np.linspace(0, 1, 101)), "spread_in": _flat(np.linspace(0, 1, 101))}
+    metrics = {name: {"ndcg@10": float(np.mean([v["ndcg@10"] for v in pq.values()]))}
+               for name, pq in per_query.items()}
+    # No spread: the interval is [50, 50]; 50 lies in it, 60 does not; "new" has no reference.
+    table = report.study_table(metrics, per_query, {"exact": 50.0, "off": 60.0, "spread": 40.0,
+                                                                   "spread_in": 48.0},
+                               samples=200, confidence=0.95, seed=0).set_index("dataset")
+    assert table.loc["exact", ["ndcg@10", "ci_low", "ci_high"]].tolist() == pytest.approx([50, 50, 50])
+    assert bool(table.loc["exact", "reproduced"]) is True
+    assert bool(table.loc["off", "reproduced"]) is False
+    assert table.loc["off", "difference"] == pytest.approx(-10.0)
+    assert table.loc["new", "reproduced"] is pd.NA and math.isnan(table.loc["new", "published"])
+    # 101 evenly spread values: mean 50, standard error about 2.9, so the 95 % interval is about
+    # [44.3, 55.7]: 48 lies inside it, 40 (3.4 standard errors away) does not.
+    assert table.loc["spread", "ci_low"] < 50 < table.loc["spread", "ci_high"]
+    assert bool(table.loc["spread", "reproduced"]) is False
+    assert bool(table.loc["spread_in", "reproduced"]) is True
+    assert table.loc["exact", "queries"] == 10
+
+
+def test_study_table_names_a_dataset_without_per_query_values():
+    with pytest.raises(InputError, match="'fiqa'"):
+        report.study_table({"fiqa": {"ndcg@10": 0.4}}, {}, {}, samples=10, confidence=0.95, seed=0)
+
+
+def test_costs_table_reads_measure_records_in_stage_order(tmp_path):
+    costs = tmp_path / "costs"
+    for stage, rel, items in [("retrieve", "retrieve-scifact.json", 30), ("encode", "encode/fiqa.json", 10),
+                              ("train", "train.json", 5)]:
+        with measure(stage, costs / rel, unit="things") as record:
+            record["items"] = items
+    table = report.costs_table(costs)
+    assert table[["stage", "dataset", "items"]].values.tolist() == [
+        ["train", "", 5], ["encode", "fiqa", 10], ["retrieve", "scifact", 30]]
+    assert (table["peak_rss_mb"] > 0).all() and (table["wall_s"] >= 0).all()
+
+    (costs / "broken.json").write_text('{"stage": "index"}')
+    with pytest.raises(InputError, match="broken.json lacks"):
+        report.costs_table(costs)
+
+
+def test_per_query_view_picks_largest_gain_and_loss_with_titles():
+    a = _flat([0.9, 0.5, 0.4, 0.1])
+    b = _flat([0.4, 0.3, 0.4, 0.4])  # deltas: +0.5, +0.2, 0, -0.3
+    queries = {"q0": "first query", "q3": "last query"}
+    corpus = {"d1": {"title": "Title one", "text": "x"}, "d2": {"title": "", "text": "Body of two"}, "d3": {}}
+    run_a = {"q0": {"d1": 0.9, "d2": 0.8, "d3": 0.7, "d4": 0.1}, "q3": {"d3": 1.0}}
+    run_b = {"q0": {"d2": 0.9}, "q3": {"d1": 1.0}}
+    view = report.per_query_view(a, b, queries, corpus, run_a, run_b, n=1)
+    assert view[["change", "query_id", "query"]].values.tolist() == [["gain", "q0", "first query"],
+                                                                     ["loss", "q3", "last query"]]
+    assert view["delta"].tolist() == pytest.approx([0.5, -0.3])
+    assert view.loc[0, "top3_a"] == "Title one [d1]; Body of two [d2]; [d3]"
+    assert view.loc[1, "top3_b"] == "Title one [d1]"
+
+
+def test_markdown_and_csv_tables(tmp_path):
+    df = pd.DataFrame({"dataset": ["a|b", "c"], "score": [1.234, float("nan")], "ok": [True, False]})
+    md = report.write_markdown_table(df, tmp_path / "t.md").read_text()
+    assert md.splitlines() == ["| dataset | score | ok |", "|---|---|---|", "| a\\|b | 1.23 | yes |",
+                               "| c | – | no |"]
+    back = pd.read_csv(report.write_csv(df, tmp_path / "t.csv"))
+    assert back["dataset"].tolist() == ["a|b", "c"] and back["score"].iloc[0] == pytest.approx(1.234)
+
+
+def _log(with_eval):
+    log = [{"step": s, "loss": 2.0 / s, "learning_rate": 1e-4 * (1 - s / 100)} for s in range(1, 100, 5)]
+    if with_eval:
+        log += [{"step": 50, "eval_nano_ndcg@10": 0.3, "eval_runtime": 2.0}, {"step": 96, "eval_nano_ndcg@10": 0.4}]
+    return log
+
+
+@pytest.mark.parametrize(
+    "draw",
+    [
+        lambda p: report.plot_training(_log(True), p),
+        lambda p: report.plot_training(_log(False), p),
+        lambda p: report.plot_tradeoff([{"setting": ef, "qps": 100 / ef, "ndcg@10": 0.6, "recall@100": 0.8}
+                                        for ef in (16, 64)], p, study_setting=64),
+        lambda p: report.plot_costs(pd.DataFrame({"stage": ["train"], "dataset": [""], "unit": ["steps"],
+                                                  "items": [2], "wall_s": [4.0], "items_per_s": [0.5],
+                                                  "peak_rss_mb": [np.nan]}), p),
+        lambda p: report.plot_study(pd.DataFrame({"dataset": ["a", "b"], "ndcg@10": [40.0, 70.0],
+                                                  "ci_low": [38.0, 68.0], "ci_high": [42.0, 72.0],
+                                                  "published": [39.9, np.nan],
+                                                  "reproduced": pd.array([True, pd.NA], dtype="boolean")}), p),
+    ],
+    ids=["training", "training-no-eval", "tradeoff", "costs", "study"],
+)
+def test_plots_write_png(tmp_path, draw):
+    path = draw(tmp_path / "figures" / "fig.png")
+    assert path.read_bytes()[:8] == PNG and path.stat().st_size > 10_000
+    assert [p.name for p in path.parent.iterdir()] == ["fig.png"]  # no temporary file left behind
+
+
+def test_plot_training_needs_loss_entries(tmp_path):
+    with pytest.raises(InputError, match="no entries with 'step' and 'loss'"):
+        report.plot_training([{"step": 1, "eval_x_ndcg@10": 0.1}], tmp_path / "t.png")
+
+
+def test_export_html_and_index(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# Evaluate scifact")]
+    nb_path = tmp_path / "evaluate.ipynb"
+    nbformat.write(nb, nb_path)
+    reports = tmp_path / "reports"
+    (html,) = report.export_html([nb_path], reports / "html")
+    text = html.read_text()
+    assert "Evaluate scifact" in text and "<style" in text  # CSS embedded: readable offline
+
+    report.plot_tradeoff([{"setting": 1, "qps": 1.0, "ndcg@10": 0.5, "recall@100": 0.7}], reports / "figures" / "t.png")
+    report.write_csv(pd.DataFrame({"a": [1]}), reports / "tables" / "costs.csv")
+    headline = pd.DataFrame({"dataset": ["scifact"], "ndcg@10": [73.1]})
+    index = report.write_index(reports, headline, [html]).read_text()
+    assert "| scifact | 73.10 |" in index
+    assert "[evaluate](html/evaluate.html)" in index
+    assert "![t](figures/t.png)" in index and "(tables/costs.csv)" in index
+
+    with pytest.raises(InputError, match="missing.ipynb does not exist"):
+        report.export_html([tmp_path / "missing.ipynb"], reports)

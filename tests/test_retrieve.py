@@ -1,0 +1,188 @@
+"""MaxSim retrieval: exact scores (hand-worked and against a naive oracle), masking, ties, hnsw, TREC files."""
+
+import numpy as np
+import pytest
+
+from colbench.errors import InputError
+from colbench.index import build_index, open_index
+from colbench.retrieve import read_trec, search, write_trec
+from colbench.store import open_store, write_store
+
+
+def make_store(path, ids, docs, meta=None):
+    """A store from a list of [t, dim] arrays."""
+    vecs = np.concatenate([np.asarray(d, np.float32).reshape(-1, np.shape(d)[-1]) for d in docs])
+    lengths = np.array([len(d) for d in docs], np.int64)
+    write_store(path, ids, [(vecs, lengths)], total_tokens=len(vecs), dim=vecs.shape[1], dtype="float32",
+                meta=meta or {"model": "m"})
+    return open_store(path)
+
+
+def naive_maxsim(q, d):
+    """Reference: one query, one document, float64."""
+    return float((np.asarray(q, np.float64) @ np.asarray(d, np.float64).T).max(axis=1).sum())
+
+
+def clustered(rng, n_docs, dim=16, n_topics=8, length=(3, 12)):
+    """Documents whose tokens come from a few topic centres (random Gaussian vectors are too unrealistic)."""
+    centres = rng.standard_normal((n_topics, dim))
+    docs = []
+    for _ in range(n_docs):
+        t = rng.integers(length[0], length[1] + 1)
+        topic = centres[rng.integers(n_topics)]
+        v = topic + 0.5 * rng.standard_normal((t, dim))
+        docs.append((v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32))
+    return docs
+
+
+def test_hand_worked_scores_and_padding_never_wins(tmp_path):
+    # Query tokens (1,0) and (0,1). Doc "long": tokens (1,0),(0,-1) -> max 1 + max(0,-1)=0 -> 1.
+    # Doc "short": one token (-1,-1)/sqrt2 -> -0.7071 + -0.7071 = -1.4142. With zero padding (PyLate),
+    # "short" padded to 2 tokens would score 0 + 0 = 0 instead.
+    docs = make_store(tmp_path / "d", ["long", "short"], [[[1, 0], [0, -1]], [[-0.70710678, -0.70710678]]])
+    queries = make_store(tmp_path / "q", ["q1"], [[[1, 0], [0, 1]]])
+    run = search(queries, docs, k=2, mode="exact", dtype="float32")
+    assert list(run["q1"]) == ["long", "short"]
+    assert run["q1"]["long"] == pytest.approx(1.0)
+    assert run["q1"]["short"] == pytest.approx(-1.4142135, abs=1e-6)
+
+
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-4), ("bfloat16", 0.08)])
+@pytest.mark.parametrize("block_tokens", [1, 40, 10**6])
+def test_exact_matches_naive_oracle(tmp_path, dtype, tol, block_tokens):
+    rng = np.random.default_rng(1)
+    docs = clustered(rng, 60)
+    qs = clustered(rng, 5, length=(4, 4)) + clustered(rng, 2, length=(6, 6))  # two query lengths
+    dstore = make_store(tmp_path / "d", [f"d{i}" for i in range(60)], docs)
+    qstore = make_store(tmp_path / "q", [f"q{i}" for i in range(7)], qs)
+    run = search(qstore, dstore, k=10, mode="exact", dtype=dtype, block_tokens=block_tokens)
+    assert list(run) == [f"q{i}" for i in range(7)]
+    for i, q in enumerate(qs):
+        truth = {f"d{j}": naive_maxsim(q, d) for j, d in enumerate(docs)}
+        for did, score in run[f"q{i}"].items():
+            assert score == pytest.approx(truth[did], abs=tol)
+        if dtype == "float32":
+            assert list(run[f"q{i}"]) == sorted(truth, key=lambda x: -truth[x])[:10]
+
+
+@pytest.mark.parametrize("mode", ["exact", "hnsw"])
+@pytest.mark.parametrize("block_tokens", [50, 10**6])
+@pytest.mark.parametrize("tile_elements,tile_rows", [(64, 8), (300, 12), (10**6, 2048)])
+def test_tiling_never_changes_scores(tmp_path, monkeypatch, mode, tile_elements, tile_rows, block_tokens):
+    # Tiny tiles force many length-sorted sub-blocks (documents of mixed lengths, padded per sub-block)
+    # and several query tiles; a float16 store (the default) is gathered and cast per sub-block; a
+    # document with no tokens must never appear. Every score must equal the float64 oracle.
+    import colbench.retrieve as retrieve
+
+    monkeypatch.setattr(retrieve, "_TILE_ELEMENTS", tile_elements)
+    monkeypatch.setattr(retrieve, "_TILE_ROWS", tile_rows)
+    rng = np.random.default_rng(3)
+    docs = clustered(rng, 40, length=(1, 15)) + [np.zeros((0, 16), np.float32)]
+    qs = clustered(rng, 9, length=(4, 4))
+    ids = [f"d{i:02d}" for i in range(41)]
+    vecs = np.concatenate(docs)
+    write_store(tmp_path / "d", ids, [(vecs, np.array([len(d) for d in docs]))], total_tokens=len(vecs), dim=16,
+                dtype="float16", meta={"model": "m"})
+    dstore = open_store(tmp_path / "d")
+    qstore = make_store(tmp_path / "q", [f"q{i}" for i in range(9)], qs)
+    index = None
+    if mode == "hnsw":
+        build_index(dstore, tmp_path / "i")
+        index = open_index(tmp_path / "i", dstore)
+    run = search(qstore, dstore, k=40, mode=mode, index=index, dtype="float32", tokens_per_query_token=400,
+                 ef_search=400, block_tokens=block_tokens)
+    stored = [np.asarray(d, np.float16) for d in docs]  # the oracle sees what the store holds
+    for i, q in enumerate(qs):
+        truth = {ids[j]: naive_maxsim(q, d) for j, d in enumerate(stored[:40])}
+        assert list(run[f"q{i}"]) == sorted(truth, key=lambda x: (-truth[x], x))
+        for did, score in run[f"q{i}"].items():
+            assert score == pytest.approx(truth[did], abs=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["exact", "hnsw"])
+def test_ties_are_broken_by_document_id_even_at_the_cut(tmp_path, mode):
+    same = [[0.6, 0.8], [1.0, 0.0]]
+    docs = make_store(tmp_path / "d", ["b", "c", "a", "z"], [same, same, same, [[0.0, 1.0]]])
+    queries = make_store(tmp_path / "q", ["q"], [[[1.0, 0.0]]])
+    index = None
+    if mode == "hnsw":
+        build_index(docs, tmp_path / "i")
+        index = open_index(tmp_path / "i", docs)
+    for k, want in ((1, ["a"]), (2, ["a", "b"]), (4, ["a", "b", "c", "z"])):
+        run = search(queries, docs, k=k, mode=mode, index=index, dtype="float32", tokens_per_query_token=8)
+        assert list(run["q"]) == want
+
+
+def test_k_larger_than_corpus_returns_every_document_with_a_warning(tmp_path):
+    docs = make_store(tmp_path / "d", ["a", "b", "c"], [[[1, 0]], [[0, 1]], [[1, 1]]])
+    queries = make_store(tmp_path / "q", ["q"], [[[1, 0]]])
+    with pytest.warns(UserWarning, match="returning all"):
+        run = search(queries, docs, k=100, mode="exact", dtype="float32")
+    assert set(run["q"]) == {"a", "b", "c"}
+
+
+def test_hnsw_finds_the_exact_top_k_on_clustered_vectors(tmp_path):
+    rng = np.random.default_rng(2)
+    docs = clustered(rng, 300, dim=32, length=(5, 20))
+    qs = clustered(rng, 10, dim=32, length=(8, 8))
+    dstore = make_store(tmp_path / "d", [f"d{i:03d}" for i in range(300)], docs)
+    qstore = make_store(tmp_path / "q", [f"q{i}" for i in range(10)], qs)
+    build_index(dstore, tmp_path / "i", M=12, ef_construction=100)
+    index = open_index(tmp_path / "i", dstore)
+    exact = search(qstore, dstore, k=10, mode="exact", dtype="float32")
+    approx = search(qstore, dstore, k=10, mode="hnsw", index=index, dtype="float32",
+                    tokens_per_query_token=64, ef_search=128)
+    recall = np.mean([len(set(exact[q]) & set(approx[q])) / 10 for q in exact])
+    assert recall >= 0.98
+    for q in exact:  # reranked from the store: same scores as exact for the documents both found
+        for did in set(exact[q]) & set(approx[q]):
+            assert approx[q][did] == pytest.approx(exact[q][did], abs=1e-5)
+
+
+@pytest.mark.parametrize("case", ["empty_query", "no_index", "other_store_index", "dim", "model", "mode", "dtype", "k"])
+def test_bad_input_is_refused(tmp_path, case):
+    docs = make_store(tmp_path / "d", ["a", "b"], [[[1, 0], [0, 1]], [[1, 1]]])
+    other = make_store(tmp_path / "o", ["a", "c"], [[[1, 0], [0, 1]], [[1, 1]]])
+    queries = make_store(tmp_path / "q", ["q1", "q2"], [[[1, 0]], np.zeros((0, 2))] if case == "empty_query"
+                         else [[[1, 0]], [[0, 1]]])
+    kwargs = {"k": 1, "mode": "exact", "dtype": "float32"}
+    if case == "no_index":
+        kwargs["mode"] = "hnsw"
+    elif case == "other_store_index":
+        build_index(other, tmp_path / "i")
+        kwargs.update(mode="hnsw", index=open_index(tmp_path / "i", other))
+    elif case == "dim":
+        queries = make_store(tmp_path / "q3", ["q"], [[[1, 0, 0]]])
+    elif case == "model":
+        queries = make_store(tmp_path / "q4", ["q"], [[[1, 0]]], meta={"model": "another"})
+    elif case in ("mode", "dtype"):
+        kwargs[case] = "fast"
+    elif case == "k":
+        kwargs["k"] = 0
+    with pytest.raises(InputError, match={"empty_query": "q2", "no_index": "needs an index",
+                                          "other_store_index": "another store", "dim": "dimension",
+                                          "model": "different models", "mode": "mode", "dtype": "dtype",
+                                          "k": "k=0"}[case]):
+        search(queries, docs, **kwargs)
+
+
+def test_trec_round_trip_keeps_ranking_and_scores(tmp_path):
+    run = {"q2": {"d1": 0.5, "d3": 2.25, "d2": 0.5}, "q1": {"d9": -1.0}}
+    write_trec(run, tmp_path / "run.trec", tag="colbench")
+    lines = (tmp_path / "run.trec").read_text().splitlines()
+    assert lines[:3] == ["q2 Q0 d3 1 2.25 colbench", "q2 Q0 d1 2 0.5 colbench", "q2 Q0 d2 3 0.5 colbench"]
+    assert read_trec(tmp_path / "run.trec") == run
+
+
+@pytest.mark.parametrize("text,match", [("q1 Q0 d1 1 abc t\n", "line 1"), ("q1 Q0 d1 1 1.0\n", "line 1"),
+                                        ("q1 Q0 d1 1 1.0 t\nq1 Q0 d1 2 0.5 t\n", "twice")])
+def test_malformed_trec_file_is_refused(tmp_path, text, match):
+    (tmp_path / "run.trec").write_text(text)
+    with pytest.raises(InputError, match=match):
+        read_trec(tmp_path / "run.trec")
+
+
+def test_trec_refuses_ids_with_spaces(tmp_path):
+    with pytest.raises(InputError, match="whitespace"):
+        write_trec({"q 1": {"d": 1.0}}, tmp_path / "run.trec", tag="t")
+    assert not (tmp_path / "run.trec").exists()

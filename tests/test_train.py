@@ -1,0 +1,362 @@
+"""Distillation training: data validation, checkpoint bookkeeping, end-to-end run, resume, DDP."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from colbench.atomic import read_json, write_json
+from colbench.errors import InputError
+from colbench.train import (
+    CHECKPOINT_COMPLETE,
+    JsonLog,
+    config_hash,
+    load_kd_dataset,
+    parameter_digest,
+    prepare_checkpoints,
+    resolve_precision,
+    train,
+    training_arguments,
+)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the hub
+FIXTURES = Path(__file__).parent / "fixtures"
+KD = FIXTURES / "kd_tiny"
+BERT = FIXTURES / "pylate" / "bert" / "base"
+REPO = Path(__file__).resolve().parents[1]
+NO_CUDA = not torch.cuda.is_available()
+
+
+def tiny_config(root: Path, **arg_overrides) -> dict:
+    """train() kwargs for a seconds-long run: tiny BERT, 4 candidates, batch 2 x accumulation 2."""
+    args = dict(
+        learning_rate=1e-3,
+        num_train_epochs=1,
+        max_steps=4,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        warmup_ratio=0.1,
+        lr_scheduler_type="linear",
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        bf16="auto",
+        tf32="auto",
+        logging_steps=1,
+        save_steps=2,
+        save_total_limit=2,
+    )
+    args.update(arg_overrides)
+    return dict(
+        kd_dir=str(KD),
+        output_dir=str(root / "model"),
+        checkpoints_dir=str(root / "checkpoints"),
+        log_path=str(root / "train_log.json"),
+        base_model=str(BERT),
+        model_kwargs=dict(embedding_dim=16, query_length=16, document_length=32),
+        loss_kwargs=dict(n_ways=4, normalize_scores=True, temperature=1.0, masked_positions="zero"),
+        args=args,
+        seed=7,
+    )
+
+
+def child_env(**extra: str) -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **extra)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
+    return env
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for path in sorted(folder.rglob("*.safetensors")):
+        for name, tensor in load_file(path).items():
+            tensors[f"{path.relative_to(folder)}:{name}"] = tensor
+    return tensors
+
+
+# ---------------------------------------------------------------------------------------- data
+def test_kd_dataset_resolves_ids_to_texts_in_stored_order():
+    dataset = load_kd_dataset(KD, n_ways=3, max_samples=5)
+    raw = pq.read_table(KD / "train.parquet").to_pylist()
+    queries = {r["query_id"]: r["text"] for r in pq.read_table(KD / "queries.parquet").to_pylist()}
+    documents = {r["document_id"]: r["text"] for r in pq.read_table(KD / "documents.parquet").to_pylist()}
+
+    assert dataset.num_rows == 5
+    row = dataset[1]
+    # Query first, then the documents, then the label column: the loss reads columns positionally.
+    assert list(row) == ["query", "document_1", "document_2", "document_3", "scores"]
+    assert row["query"] == queries[raw[1]["query_id"]]
+    assert [row[f"document_{i}"] for i in (1, 2, 3)] == [documents[d] for d in raw[1]["document_ids"][:3]]
+    assert row["scores"] == pytest.approx(raw[1]["scores"][:3])
+
+
+def _corrupt(tmp_path: Path, table: str, edit) -> Path:
+    folder = tmp_path / "kd"
+    shutil.copytree(KD, folder)
+    rows = pq.read_table(folder / table).to_pylist()
+    edit(rows)
+    schema = pq.read_schema(folder / table)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), folder / table)
+    return folder
+
+
+def _set(index, **values):
+    def edit(rows):
+        rows[index].update(values)
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("table", "edit", "expected"),
+    [
+        ("queries.parquet", lambda rows: rows.pop(3), r"1 training query ids have no text, e\.g\. 'q3'"),
+        ("documents.parquet", lambda rows: rows.pop(0), r"candidate document ids have no text, e\.g\. 'd0'"),
+        ("train.parquet", _set(2, document_ids=["d0", "d1"], scores=[0.9, 0.1]), r"query 'q2' has fewer than n_ways=4"),
+        ("train.parquet", _set(5, scores=[0.5] * 11), r"query 'q5' has 12 document_ids but 11 scores"),
+        ("train.parquet", _set(6, scores=[0.5, float("nan")] + [0.1] * 10), r"query 'q6' has a non-finite"),
+        ("train.parquet", _set(7, scores=[float("inf")] + [0.1] * 11), r"query 'q7' has a non-finite"),
+    ],
+    ids=["missing-query", "missing-document", "short-list", "length-mismatch", "nan-score", "inf-score"],
+)
+def test_bad_kd_data_is_refused_before_training(tmp_path, table, edit, expected):
+    folder = _corrupt(tmp_path, table, edit)
+    with pytest.raises(InputError, match=expected):
+        load_kd_dataset(folder, n_ways=4)
+
+
+def test_only_the_first_n_ways_candidates_are_checked(tmp_path):
+    # A bad score beyond the kept candidates is never trained on: no reason to refuse the data.
+    folder = _corrupt(tmp_path, "train.parquet", _set(0, scores=[0.5] * 11 + [float("nan")]))
+    assert load_kd_dataset(folder, n_ways=4).num_rows == 16
+
+
+@pytest.mark.parametrize(
+    ("remove", "expected"),
+    [("documents.parquet", r"documents\.parquet: missing"), ("manifest.json", r"manifest\.json: missing")],
+)
+def test_missing_kd_file_is_named(tmp_path, remove, expected):
+    from colbench.train import kd_manifest
+
+    folder = tmp_path / "kd"
+    shutil.copytree(KD, folder)
+    (folder / remove).unlink()
+    with pytest.raises(InputError, match=expected):
+        if remove == "manifest.json":
+            kd_manifest(folder)
+        else:
+            load_kd_dataset(folder, n_ways=4)
+
+
+def test_one_candidate_cannot_be_distilled():
+    with pytest.raises(InputError, match="n_ways=1"):
+        load_kd_dataset(KD, n_ways=1)
+
+
+# ------------------------------------------------------------------------------------ arguments
+@pytest.mark.skipif(not NO_CUDA, reason="CPU behaviour")
+@pytest.mark.parametrize(
+    ("bf16", "tf32", "expected"),
+    [("auto", "auto", (False, None)), (True, "auto", (True, None)), (False, False, (False, False))],
+)
+def test_precision_auto_is_fp32_on_cpu(bf16, tf32, expected):
+    assert resolve_precision(bf16, tf32) == expected
+
+
+@pytest.mark.parametrize(("bf16", "tf32"), [("yes", "auto"), ("auto", "maybe")] + ([("auto", True)] if NO_CUDA else []))
+def test_bad_precision_settings_are_refused(bf16, tf32):
+    with pytest.raises(InputError, match=r"train\.args\.(bf16|tf32)"):
+        resolve_precision(bf16, tf32)
+
+
+def test_training_arguments_translate_the_study_settings(tmp_path):
+    args = training_arguments(tiny_config(tmp_path)["args"], output_dir=tmp_path, seed=3)
+    assert args.warmup_steps == 0.1  # transformers 5 takes the ratio here
+    assert (args.seed, args.data_seed, args.save_steps, args.bf16) == (3, 3, 2, False)
+    with pytest.raises(InputError, match="unknown trainer settings"):
+        training_arguments({"learnin_rate": 1e-3}, output_dir=tmp_path, seed=3)
+
+
+# ---------------------------------------------------------------------------------- checkpoints
+def test_config_hash_ignores_key_order_but_not_values():
+    assert config_hash({"a": 1, "b": {"c": 2, "d": 3}}) == config_hash({"b": {"d": 3, "c": 2}, "a": 1})
+    assert config_hash({"a": 1}) != config_hash({"a": 2})
+
+
+def _checkpoint(folder: Path, step: int, complete: bool = True) -> Path:
+    path = folder / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    if complete:
+        write_json(path / CHECKPOINT_COMPLETE, {"step": step})
+    return path
+
+
+def test_same_config_resumes_from_last_complete_checkpoint(tmp_path):
+    assert prepare_checkpoints(tmp_path, "h1", {"x": 1}, main=True) is None
+    _checkpoint(tmp_path, 2), _checkpoint(tmp_path, 10), _checkpoint(tmp_path, 12, complete=False)
+    resume = prepare_checkpoints(tmp_path, "h1", {"x": 1}, main=True)
+    assert resume == tmp_path / "checkpoint-10"  # numeric order, not "10" < "2"
+    assert not (tmp_path / "checkpoint-12").exists()  # half-written checkpoint removed
+
+
+def test_other_config_clears_stale_checkpoints(tmp_path):
+    prepare_checkpoints(tmp_path, "h1", {"x": 1}, main=True)
+    _checkpoint(tmp_path, 4)
+    assert prepare_checkpoints(tmp_path, "h2", {"x": 2}, main=True) is None
+    assert not (tmp_path / "checkpoint-4").exists()
+    assert read_json(tmp_path / "colbench_checkpoints.json")["config_hash"] == "h2"
+
+
+def test_log_merges_training_and_evaluation_entries_by_step():
+    history = [
+        {"eval_ndcg": 0.1, "eval_runtime": 1.0, "epoch": 0, "step": 0},
+        {"loss": 0.5, "grad_norm": 2.0, "learning_rate": 1e-3, "epoch": 0.5, "step": 1},
+        {"loss": 0.4, "grad_norm": 1.0, "learning_rate": 5e-4, "epoch": 1.0, "step": 2},
+        {"eval_ndcg": 0.3, "eval_runtime": 1.0, "epoch": 1.0, "step": 2},
+        {"train_runtime": 3.0, "train_loss": 0.45, "epoch": 1.0, "step": 2},
+    ]
+    records, summary = JsonLog("unused", {}).records(history)
+    assert records == [
+        {"step": 0, "eval_ndcg": 0.1, "eval_runtime": 1.0, "epoch": 0},
+        {"step": 1, "loss": 0.5, "grad_norm": 2.0, "learning_rate": 1e-3, "epoch": 0.5},
+        {"step": 2, "loss": 0.4, "grad_norm": 1.0, "learning_rate": 5e-4, "epoch": 1.0, "eval_ndcg": 0.3, "eval_runtime": 1.0},
+    ]
+    assert summary == {"train_runtime": 3.0, "train_loss": 0.45, "epoch": 1.0}
+
+
+# ------------------------------------------------------------------------------------- training
+def tiny_evaluator():
+    """A real multi-vector IR evaluator on the fixture: each query's first three candidates are relevant."""
+    from sentence_transformers.multi_vector_encoder.evaluation import MultiVectorInformationRetrievalEvaluator
+
+    train_rows = pq.read_table(KD / "train.parquet").to_pylist()
+    queries = {r["query_id"]: r["text"] for r in pq.read_table(KD / "queries.parquet").to_pylist()}
+    corpus = {r["document_id"]: r["text"] for r in pq.read_table(KD / "documents.parquet").to_pylist()}
+    relevant = {r["query_id"]: set(r["document_ids"][:3]) for r in train_rows}
+    return MultiVectorInformationRetrievalEvaluator(queries, corpus, relevant, name="tiny", ndcg_at_k=[10], show_progress_bar=False)
+
+
+def test_train_writes_a_loadable_self_describing_model_and_log(tmp_path):
+    from sentence_transformers import MultiVectorEncoder
+
+    config = tiny_config(tmp_path)
+    output = train(**config, evaluator=tiny_evaluator(), eval_steps=2, provenance_extra={"stage": "test"})
+
+    model = MultiVectorEncoder(str(output))
+    record = read_json(output / "colbench_train.json")
+    assert record["parameter_sha256"] == parameter_digest(model)
+    assert record["replica_parameter_sha256"] == [record["parameter_sha256"]]
+    assert record["data"]["source"] == read_json(KD / "manifest.json")["source"]
+    assert (record["seed"], record["global_step"], record["world_size"]) == (7, 4, 1)
+    assert record["args"] == config["args"] and record["loss"] == config["loss_kwargs"]
+    assert record["resolved_precision"]["bf16"] is (not NO_CUDA)
+    assert record["provenance"]["packages"]["sentence-transformers"] and record["provenance_extra"] == {"stage": "test"}
+    assert model.prompts == {"query": "[Q] ", "document": "[D] "}
+
+    log = read_json(config["log_path"])
+    steps = [r["step"] for r in log["records"]]
+    assert steps == [0, 1, 2, 3, 4]  # evaluation at start (step 0), then one record per step
+    trained = [r for r in log["records"] if "loss" in r]
+    assert all(math.isfinite(r["loss"]) and {"epoch", "learning_rate", "grad_norm"} <= set(r) for r in trained)
+    assert record["final_loss"] == trained[-1]["loss"]
+    evaluated = [r["step"] for r in log["records"] if "eval_tiny_maxsim_ndcg@10" in r]
+    assert evaluated == [0, 2, 4]  # on start, every eval_steps, at the end
+    # Checkpoints hold no pickled training arguments and are marked complete.
+    checkpoints = sorted(Path(config["checkpoints_dir"]).glob("checkpoint-*"))
+    assert [p.name for p in checkpoints] == ["checkpoint-2", "checkpoint-4"]
+    assert all((p / CHECKPOINT_COMPLETE).is_file() and not (p / "training_args.bin").exists() for p in checkpoints)
+
+    # Running the stage again with the same settings resumes at the end: no step is redone.
+    before = weights(output)
+    train(**config)
+    again = read_json(output / "colbench_train.json")
+    assert (again["resumed_from_step"], again["global_step"]) == (4, 4)
+    after = weights(output)
+    assert all(torch.equal(before[name], after[name]) for name in before)
+
+
+RUNNER = """
+import json, os, signal, sys
+from transformers import TrainerCallback
+from colbench.train import train
+
+config, kill_at = json.loads(open(sys.argv[1]).read()), int(sys.argv[2])
+
+class KillAt(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, as a crash or a preemption
+
+train(**config, callbacks=[KillAt()])
+"""
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_run(tmp_path):
+    runner = tmp_path / "runner.py"
+    runner.write_text(textwrap.dedent(RUNNER))
+    reference = train(**tiny_config(tmp_path / "reference", max_steps=6))
+
+    config = tiny_config(tmp_path / "interrupted", max_steps=6)
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(config))
+    run = [sys.executable, str(runner), str(config_file)]
+    # Children keep this process's thread count: a different one changes float summation order.
+    killed = subprocess.run([*run, "3"], env=child_env(), capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not Path(config["output_dir"]).exists()  # no partial model
+    interrupted_log = read_json(config["log_path"])  # still valid JSON
+    assert [r["step"] for r in interrupted_log["records"]] == [1, 2]
+    assert sorted(p.name for p in Path(config["checkpoints_dir"]).glob("checkpoint-*")) == ["checkpoint-2"]
+
+    resumed = subprocess.run([*run, "0"], env=child_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = read_json(config["log_path"])
+    assert log["resumed_from_step"] == 2
+    assert [r["step"] for r in log["records"]] == [1, 2, 3, 4, 5, 6]  # continues, does not restart
+    assert read_json(Path(config["output_dir"]) / "colbench_train.json")["resumed_from_step"] == 2
+    # The trainer restores weights, optimizer, scheduler, RNG and data position: bit-identical result.
+    ours, theirs = weights(Path(config["output_dir"])), weights(reference)
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[name], theirs[name]) for name in ours)
+    reference_losses = [r["loss"] for r in read_json(tmp_path / "reference" / "train_log.json")["records"]]
+    assert [r["loss"] for r in log["records"]] == reference_losses
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_keeps_replicas_identical(tmp_path):
+    from sentence_transformers import MultiVectorEncoder
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    config = tiny_config(tmp_path, max_steps=3)
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(config))
+    result = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "colbench.train", "--config", str(config_file)],
+        env=child_env(OMP_NUM_THREADS="1"),  # two processes on a shared machine
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = read_json(Path(config["output_dir"]) / "colbench_train.json")
+    assert record["world_size"] == 2
+    digests = record["replica_parameter_sha256"]  # each rank hashed its own parameters
+    assert len(digests) == 2 and digests[0] == digests[1] == record["parameter_sha256"]
+    assert parameter_digest(MultiVectorEncoder(config["output_dir"])) == record["parameter_sha256"]
+    log = read_json(config["log_path"])
+    # Two ranks x batch 2 x accumulation 2 = 8 of the 16 queries per step: half an epoch per step.
+    assert [(r["step"], r["epoch"]) for r in log["records"]] == [(1, 0.5), (2, 1.0), (3, 1.5)]
