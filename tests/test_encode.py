@@ -121,12 +121,17 @@ def test_shards_from_other_inputs_are_not_reused(tmp_path, model, monkeypatch):
     np.testing.assert_allclose(open_store(tmp_path / "docs").item(0).astype(np.float32), expected, atol=2e-3)
 
 
+@pytest.mark.parametrize("text", ["", "   "])
+def test_an_empty_query_is_refused_naming_it(tmp_path, model, text):
+    with pytest.raises(InputError, match="query 'b' has empty text"):
+        encode_to_store(model, ["a", "b"], ["fine", text], tmp_path / "out", is_query=True, show_progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("is_query", [True, False])
 @pytest.mark.parametrize(
     ("ids", "texts", "message"),
     [
-        (["a", "b"], ["fine", ""], "'b' has empty text"),
-        (["a", "b"], ["fine", "   "], "'b' has empty text"),
         (["a", "b"], ["fine", "caf\udce9"], "'b' holds an unpaired surrogate"),
         (["a", "a"], ["one", "two"], "duplicate"),
         (["a"], ["one", "two"], "1 ids but 2 texts"),

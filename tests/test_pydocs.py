@@ -136,7 +136,7 @@ def test_too_few_docstrings_says_so(tmp_path):
                                                         stdlib_dir=str(tmp_path)))
 
 
-def test_kd_candidates_are_teacher_ranked_and_include_the_positive(tmp_path, monkeypatch):
+def test_kd_candidates_are_the_positive_then_hard_and_random_negatives(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     _write_stdlib(tmp_path)
     options = pydocs.PyDocsOptions(n_documents=20, n_eval_queries=5, n_train_queries=6, n_candidates=5,
@@ -146,14 +146,17 @@ def test_kd_candidates_are_teacher_ranked_and_include_the_positive(tmp_path, mon
     assert queries["query_id"] == [i.query_id for i in collection.train_items]
     for qid, ids, scores in zip(train["query_id"], train["document_ids"], train["scores"]):
         assert len(ids) == len(set(ids)) == 5
-        assert qid[2:] in ids  # the positive
-        assert scores == sorted(scores, reverse=True)
+        assert ids[0] == qid[2:]  # the positive first
+        hard, easy = scores[1::2], scores[2::2]  # then hard and random negatives, alternating
+        assert hard == sorted(hard, reverse=True) and min(hard) >= max(easy)
         assert all(-1.0 - 1e-6 <= s <= 1.0 + 1e-6 for s in scores)  # cosine similarities
     used = {d for ids in train["document_ids"] for d in ids}
     assert set(documents["document_id"]) == used
-    # Alpha documents mention their own number: the teacher must rank the positive first for most queries.
-    firsts = sum(ids[0] == qid[2:] for qid, ids in zip(train["query_id"], train["document_ids"]))
-    assert firsts >= 4
+    # Alpha documents mention their own number: the teacher must score the positive highest for most queries.
+    best = sum(scores[0] == max(scores) for scores in train["scores"])
+    assert best >= 4
+    # Seeded: the random negatives are the same on every build.
+    assert pydocs.kd_tables(collection, pydocs.DEFAULT_TEACHER, n_candidates=5)[0] == train
 
 
 def test_this_pythons_stdlib_gives_the_demo_defaults():

@@ -48,10 +48,12 @@ def _validate(ids: list[str], texts: list[str], is_query: bool) -> None:
         dups = sorted({i for i in ids if i in seen or seen.add(i)})  # type: ignore[func-returns-value]
         raise InputError(f"encode: duplicate {kind} ids {dups[:5]}; ids must be unique")
     for item_id, text in zip(ids, texts):
-        if not isinstance(text, str) or not text.strip():
-            raise InputError(
-                f"encode: {kind} {item_id!r} has empty text; remove it from the dataset or give it text"
-            )
+        if not isinstance(text, str):
+            raise InputError(f"encode: {kind} {item_id!r} has no text ({type(text).__name__}); give it a string")
+        # An empty document is legitimate (FiQA has five) and is encoded as its prefix and special tokens,
+        # as PyLate does; an empty query would retrieve noise, so it is refused.
+        if is_query and not text.strip():
+            raise InputError(f"encode: query {item_id!r} has empty text; remove it from the dataset or give it text")
     try:
         # One pass over the joined text is much faster than a per-item check when all is well.
         "".join(texts).encode("utf-8")
@@ -89,6 +91,39 @@ def max_tokens(model, is_query: bool) -> int | None:
     else:
         length = getattr(transformer, "document_length", None)
     return int(length) if length else None
+
+
+def check_free_disk(model, texts: list[str], out_dir: str | Path, *, is_query: bool, dtype: str,
+                    items: list[int] | None = None) -> int:
+    """Refuse to start when the filesystem of ``out_dir`` cannot hold the store; returns the bytes needed.
+
+    Upper bound per item: the model's token limit, or (no limit, or a shorter document) the text's UTF-8
+    bytes plus prompt and special tokens, since a tokenizer never makes more tokens than bytes (a few
+    special tokens aside); queries with expansion always take the full width. The shards and the
+    assembled store are on disk together until the shards are removed, so the need is the store (every
+    item) plus the shards still to write: ``items`` (default: all) are the items not yet in a shard.
+    """
+    limit = max_tokens(model, is_query)
+    expands = is_query and getattr(model[0], "query_expansion", None)
+    prompt = len((model.prompts.get("query" if is_query else "document") or "").encode("utf-8"))
+    bounds = [len(text.encode("utf-8")) + prompt + 8 for text in texts]
+    if limit is not None:
+        bounds = [limit if expands or bound > limit else bound for bound in bounds]
+    n_tokens = sum(bounds)
+    n_shard_tokens = n_tokens if items is None else sum(bounds[i] for i in items)
+    dim = int(model.get_embedding_dimension())
+    need = (n_tokens + n_shard_tokens) * dim * np.dtype(dtype).itemsize + 64 * len(texts)  # + offsets and ids
+    where = Path(out_dir).absolute()
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if need > free:
+        raise InputError(
+            f"encode: {out_dir} needs up to {need / 2**30:.2f} GiB ({len(texts)} items, <= {n_tokens} token "
+            f"vectors of dimension {dim} in {dtype}, shards and store together) but {where} has "
+            f"{free / 2**30:.2f} GiB free; free some space or point the output elsewhere (paths.embeddings)"
+        )
+    return need
 
 
 def _bf16_supported(device: torch.device) -> bool:
@@ -150,7 +185,8 @@ def encode_to_store(
     (wall time of this call), items_per_s (items encoded by this call per second of encoding),
     reused_items (from a previous interrupted run), autocast_bf16 (whether bf16 was used).
     The store's meta holds `model` (model_fingerprint), `is_query`, `n_truncated`, `max_tokens`.
-    Raises InputError for mismatched / duplicate ids, empty texts and unpaired surrogates.
+    Raises InputError for mismatched / duplicate ids, empty texts and unpaired surrogates, and (before
+    anything is written) when the output's filesystem lacks the space :func:`check_free_disk` estimates.
     """
     from colbench.store import DTYPES, write_store
 
@@ -192,13 +228,16 @@ def encode_to_store(
         if not state or state.get("key") != key:
             logger.info("encode: %s holds shards from other inputs or another model; starting over", work)
             state = None
+    n_shards = (len(ids) + shard_size - 1) // shard_size
+    done = {name for name in (state or {}).get("shards", {}) if (work / f"{name}.vectors.npy").is_file()}
+    todo = [i for i in range(len(ids)) if f"{i // shard_size:05d}" not in done]
+    check_free_disk(model, texts, out_dir, is_query=is_query, dtype=dtype, items=todo)
     if state is None:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         state = {"key": key, "shards": {}}
         write_json(state_path, state)
 
-    n_shards = (len(ids) + shard_size - 1) // shard_size
     encoded_items, encode_seconds, reused_items = 0, 0.0, 0
     for shard in range(n_shards):
         name = f"{shard:05d}"

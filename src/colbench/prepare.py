@@ -109,6 +109,14 @@ def read_jsonl(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dic
                 raise InputError(f"{path}:{number}: truncated or corrupt JSON ({err.msg}); fix or re-download it") from err
             if not isinstance(record, dict):
                 raise InputError(f"{path}:{number}: expected a JSON object, found {type(record).__name__}")
+            if "\\ud" in line.lower():
+                # A \\udXXX escape can decode to a lone surrogate: valid JSON, but not text that can be
+                # written back as UTF-8 (the write would fail with a bare UnicodeEncodeError).
+                try:
+                    json.dumps(record, ensure_ascii=False).encode("utf-8")
+                except UnicodeEncodeError as err:
+                    raise InputError(f"{path}:{number}: an unpaired surrogate escape ({err.object[err.start]!r}) "
+                                     "is not valid Unicode text; fix the escape in the file") from err
             missing = [key for key in required if key not in record]
             if missing:
                 raise InputError(f"{path}:{number}: missing key(s) {missing}; expected {list(required)}, found {sorted(record)}")
@@ -183,7 +191,7 @@ def _builtin_kd(source, seed, n_ways_min, teacher, builtin_options, extra) -> di
         )
     teacher = teacher or pydocs.DEFAULT_TEACHER
     collection = pydocs.build_collection(seed, options)
-    train, queries, documents = pydocs.kd_tables(collection, teacher, options.n_candidates, options.teacher_max_tokens)
+    train, queries, documents = pydocs.kd_tables(collection, teacher, options.n_candidates, options.teacher_max_tokens, seed)
     extra.update(
         teacher=teacher,
         seed=seed,
@@ -523,6 +531,10 @@ def load_beir_folder(folder: str | Path, split: str) -> tuple[list[dict], list[d
     corpus_records = [{"_id": i, "title": corpus[i].get("title") or "", "text": corpus[i].get("text") or ""}
                       for i in doc_ids]
     kept = [{"_id": q, "text": queries[q]} for q in query_order if q in qrels]
+    blank = [q["_id"] for q in kept if not (q["text"] or "").strip()]
+    if blank:
+        raise InputError(f"{folder / 'queries.jsonl'}: {len(blank)} judged quer(ies) have an empty text, e.g. "
+                         f"{blank[0]!r}; give them text or remove them and their qrels")
     qrels_rows = [(q, d, s) for q, docs in qrels.items() for d, s in docs.items()]
     return corpus_records, kept, qrels_rows, len(query_order) - len(kept)
 
@@ -534,8 +546,15 @@ def _scan_ids(path: Path, required: tuple[str, ...]) -> list[str]:
         value = record["_id"]
         if not isinstance(value, str) or not value:
             raise InputError(f"{path}:{number}: _id must be a non-empty string, found {value!r}")
+        if any(c.isspace() for c in value):
+            # A TREC run file is whitespace-separated: such an id would only fail at the retrieve stage.
+            raise InputError(f"{path}:{number}: _id {value!r} contains whitespace, which TREC run files cannot hold; "
+                             "rename it (and its qrels)")
         if value in seen:
             raise InputError(f"{path}:{number}: duplicate _id {value!r} (first on line {seen[value]}); ids must be unique")
+        for key in ("title", "text"):
+            if record.get(key) is not None and not isinstance(record[key], str):
+                raise InputError(f"{path}:{number}: {key} of {value!r} is {type(record[key]).__name__}, expected a string")
         seen[value] = number
         ids.append(value)
     return ids

@@ -236,11 +236,16 @@ def load_teacher(teacher: str):
 
 
 def kd_tables(
-    collection: Collection, teacher: str, n_candidates: int, max_tokens: int = 128
+    collection: Collection, teacher: str, n_candidates: int, max_tokens: int = 128, seed: int = 42
 ) -> tuple[dict, dict, dict]:
     """The KD set in the ms-marco-en-bge schema, as column dicts: (train, queries, documents).
 
-    Only documents that appear in some candidate list are returned, in corpus order.
+    Each candidate list is the positive, then the teacher's hardest negatives alternating with random
+    ones, so that every prefix (the study keeps the first ``n_ways`` as stored) holds both kinds.
+    MS MARCO's lists come from a retriever over 8.8M passages and 800k queries; on a demo this small,
+    hard negatives alone teach the student only fine distinctions among near-duplicates and it loses
+    ground on the rest of the corpus, while random negatives carry the coarse signal. Only documents
+    that appear in some candidate list are returned, in corpus order.
     """
     model = load_teacher(teacher)
     model.max_seq_length = max_tokens
@@ -255,13 +260,18 @@ def kd_tables(
     doc_ids = np.array([d.doc_id for d in docs])
     train = {"query_id": [], "document_ids": [], "scores": []}
     used: set[int] = set()
+    rng = np.random.default_rng(seed)
+    n_hard = n_candidates // 2
     for qi, item in enumerate(queries):
         row = scores[qi]
         positive = position[item.doc_id]
         # Rank by score descending, then document id: lexsort's last key is the primary one.
-        ranked = np.lexsort((doc_ids, -row))
-        picked = [int(j) for j in ranked if j != positive][: n_candidates - 1] + [positive]
-        picked.sort(key=lambda j: (-row[j], doc_ids[j]))
+        ranked = [int(j) for j in np.lexsort((doc_ids, -row)) if j != positive]
+        hard = ranked[:n_hard]
+        easy = [int(j) for j in rng.choice(ranked[n_hard:], size=n_candidates - 1 - n_hard, replace=False)]
+        picked = [positive]
+        for i in range(max(len(hard), len(easy))):  # hard, easy, hard, easy, ...
+            picked += hard[i : i + 1] + easy[i : i + 1]
         used.update(picked)
         train["query_id"].append(item.query_id)
         train["document_ids"].append([str(doc_ids[j]) for j in picked])

@@ -505,3 +505,30 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 if __name__ == "__main__":
     main()
+
+
+def run_provenance(params) -> dict[str, Any]:
+    """What this run came from: seed, code revision, package versions, data and model revisions."""
+    from colbench.provenance import provenance
+
+    def manifest(folder: Path) -> dict[str, Any]:
+        path = folder / "manifest.json"
+        return read_json(path) if path.is_file() else {}
+
+    kd = manifest(params.path("kd"))
+    model_dir = params.path("model")
+    model = read_json(model_dir / "colbench_train.json") if (model_dir / "colbench_train.json").is_file() else {}
+    pointer = read_json(model_dir / "checkpoint.json") if (model_dir / "checkpoint.json").is_file() else {}
+    record = provenance(params.file.parent.resolve())
+    return {
+        "seed": params.base.seed,
+        "git": record.get("git"),
+        "packages": record.get("packages"),
+        "hardware": record.get("hardware"),
+        "distillation_data": {"source": kd.get("source"), "revision": kd.get("revision"), "n_train": kd.get("n_train")},
+        "evaluation_data": {name: {k: manifest(params.path("datasets") / name).get(k) for k in ("source", "split", "url")}
+                            for name in params.datasets},
+        "model": pointer.get("checkpoint") or {"base_model": model.get("base_model"),
+                                               "parameter_sha256": model.get("parameter_sha256"),
+                                               "global_step": model.get("global_step")},
+    }
