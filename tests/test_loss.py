@@ -59,7 +59,7 @@ def test_equal_scores_normalise_to_zero_not_nan():
 
 
 @pytest.mark.parametrize("bad", [{"masked_positions": "ignore"}, {"temperature": 0}, {"temperature": -1.0},
-                                 {"normalize_scores": "yes"}])
+                                 {"normalize_scores": "yes"}, {"teacher_temperature": 0.0}, {"teacher_temperature": True}])
 def test_bad_settings_are_refused(bad):
     with pytest.raises(InputError):
         build_kd_loss(object(), **bad)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -123,25 +124,38 @@ def _set(index, **values):
 @pytest.mark.parametrize(
     ("table", "edit", "expected"),
     [
-        ("queries.parquet", lambda rows: rows.pop(3), r"1 training query ids have no text, e\.g\. 'q3'"),
-        ("documents.parquet", lambda rows: rows.pop(0), r"candidate document ids have no text, e\.g\. 'd0'"),
-        ("train.parquet", _set(2, document_ids=["d0", "d1"], scores=[0.9, 0.1]), r"query 'q2' has fewer than n_ways=4"),
-        ("train.parquet", _set(5, scores=[0.5] * 11), r"query 'q5' has 12 document_ids but 11 scores"),
-        ("train.parquet", _set(6, scores=[0.5, float("nan")] + [0.1] * 10), r"query 'q6' has a non-finite"),
-        ("train.parquet", _set(7, scores=[float("inf")] + [0.1] * 11), r"query 'q7' has a non-finite"),
+        ("queries.parquet", lambda rows: rows.pop(3), r"1 train query id\(s\) are not in queries, e\.g\. 'q3'"),
+        ("documents.parquet", lambda rows: rows.pop(0), r"document id\(s\) referenced by train are not in documents, e\.g\. 'd0'"),
+        ("train.parquet", _set(2, document_ids=["d0", "d1"], scores=[0.9, 0.1]),
+         r"1 train row\(s\) have fewer than n_ways=4 candidates, e\.g\. query 'q2'"),
+        ("train.parquet", _set(5, scores=[0.5] * 11), r"different number of scores and document_ids, e\.g\. query 'q5'"),
+        ("train.parquet", _set(6, scores=[0.5, float("nan")] + [0.1] * 10), r"non-finite score\(s\) \(NaN/inf\), e\.g\. in query 'q6'"),
+        ("train.parquet", _set(7, scores=[float("inf")] + [0.1] * 11), r"non-finite score\(s\) \(NaN/inf\), e\.g\. in query 'q7'"),
+        ("documents.parquet", _set(0, text=" "), r"1 documents have an empty text, e\.g\. document_id 'd0'"),
+        ("train.parquet", lambda rows: rows.append(dict(rows[0])), r"train has 1 duplicate query_id\(s\), e\.g\. 'q0'"),
     ],
-    ids=["missing-query", "missing-document", "short-list", "length-mismatch", "nan-score", "inf-score"],
+    ids=["missing-query", "missing-document", "short-list", "length-mismatch", "nan-score", "inf-score", "blank-text",
+         "duplicate-query"],
 )
 def test_bad_kd_data_is_refused_before_training(tmp_path, table, edit, expected):
+    # The prepare stage's checks (colbench.prepare.check_kd) run again on the prepared folder; the message
+    # names the folder and says to rerun prepare.
     folder = _corrupt(tmp_path, table, edit)
-    with pytest.raises(InputError, match=expected):
+    with pytest.raises(InputError, match=re.escape(f"prepared KD folder {folder} (rerun prepare if it was edited): ") + f".*{expected}"):
         load_kd_dataset(folder, n_ways=4)
 
 
-def test_only_the_first_n_ways_candidates_are_checked(tmp_path):
-    # A bad score beyond the kept candidates is never trained on: no reason to refuse the data.
+def test_a_bad_score_beyond_the_first_n_ways_candidates_is_refused_too(tmp_path):
+    # Never trained on, but prepare never writes one: its presence means the folder was damaged.
     folder = _corrupt(tmp_path, "train.parquet", _set(0, scores=[0.5] * 11 + [float("nan")]))
-    assert load_kd_dataset(folder, n_ways=4).num_rows == 16
+    with pytest.raises(InputError, match=r"non-finite score\(s\) \(NaN/inf\), e\.g\. in query 'q0'"):
+        load_kd_dataset(folder, n_ways=4)
+
+
+def test_max_samples_checks_only_the_rows_it_keeps(tmp_path):
+    # A bad row past max_samples is not part of this run's data.
+    folder = _corrupt(tmp_path, "train.parquet", _set(7, scores=[float("inf")] + [0.1] * 11))
+    assert load_kd_dataset(folder, n_ways=4, max_samples=7).num_rows == 7
 
 
 @pytest.mark.parametrize(

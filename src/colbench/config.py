@@ -90,6 +90,7 @@ class LossConfig:
     normalize_scores: bool
     temperature: float = field(metadata=_positive())
     masked_positions: Literal["zero", "exclude"]
+    teacher_temperature: float | None = field(default=None, metadata=_check(lambda v: v > 0, "null or > 0"))
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ class Retrieve:
     k: int = field(metadata=_positive())
     ef_search: int = field(metadata=_positive())
     tokens_per_query_token: int = field(metadata=_positive())
-    exact_dtype: Literal["bfloat16", "float32"]
+    maxsim_dtype: Literal["bfloat16", "float32"]
     block_tokens: int = field(metadata=_check(lambda v: v >= 1024, ">= 1024"))
     tradeoff_ef_search: list[int] = field(metadata=_check(lambda v: all(x > 0 for x in v), "positive integers"))
 

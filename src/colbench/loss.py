@@ -77,11 +77,15 @@ def build_kd_loss(
     normalize_scores: bool = True,
     temperature: float = 1.0,
     masked_positions: str = "zero",
+    teacher_temperature: float | None = None,
 ):
     """The study's KD loss for `model`: a `MultiVectorDistillKLDivLoss` scoring like PyLate's `Distillation`.
 
     Inputs are (query, document_1, ..., document_N) columns with teacher scores `(batch, N)`.
     `temperature` is ST's (both sides, loss x T^2); 1.0 is PyLate's (no temperature).
+    `teacher_temperature` overrides it on the teacher's side (None: the same): min-max normalised
+    student scores always span 1, so a teacher whose scores span much less can only be matched by a
+    student that gives up on ranking; dividing the teacher's scores brings the two spans together.
     """
     from sentence_transformers.multi_vector_encoder.losses import MultiVectorDistillKLDivLoss
 
@@ -89,8 +93,11 @@ def build_kd_loss(
         raise InputError(f"train.loss.temperature: expected a positive number, got {temperature!r}")
     if not isinstance(normalize_scores, bool):
         raise InputError(f"train.loss.normalize_scores: expected true or false, got {normalize_scores!r}")
+    if teacher_temperature is not None and (isinstance(teacher_temperature, bool) or not 0 < teacher_temperature < float("inf")):
+        raise InputError(f"train.loss.teacher_temperature: expected null or a positive number, got {teacher_temperature!r}")
     scores = PyLateKDScores(normalize_scores=normalize_scores, masked_positions=masked_positions)
-    return MultiVectorDistillKLDivLoss(model, similarity_fct=scores, temperature=float(temperature))
+    return MultiVectorDistillKLDivLoss(model, similarity_fct=scores, temperature=float(temperature),
+                                       teacher_temperature=None if teacher_temperature is None else float(teacher_temperature))
 
 
 def kd_features(model, queries: list[str], documents: list[list[str]]) -> list[dict[str, torch.Tensor]]:

@@ -298,8 +298,32 @@ def _example(values: pa.Array | pa.ChunkedArray, mask) -> str:
 def validate_kd(
     tables: dict[str, pa.Table], *, n_ways_min: int = 1, max_samples: int | None = None, where: str = "KD set"
 ) -> tuple[pa.Table, pa.Table, pa.Table]:
-    """Check a KD set and return (train, queries, documents) as written: first ``max_samples`` rows,
-    scores as float64, only referenced queries/documents (in their stored order), no extra columns."""
+    """Check a KD set (`check_kd`) and return (train, queries, documents) as written: first ``max_samples``
+    rows, scores as float64, only referenced queries/documents (in their stored order), no extra columns."""
+    if max_samples is not None:
+        tables = {**tables, "train": tables["train"].slice(0, max_samples)}
+    referenced = check_kd(tables, n_ways_min=n_ways_min, where=where)
+    train = tables["train"].select(list(KD_COLUMNS["train"]))
+    queries = tables["queries"].select(list(KD_COLUMNS["queries"]))
+    documents = tables["documents"].select(list(KD_COLUMNS["documents"]))
+    queries = queries.filter(pc.is_in(queries["query_id"], value_set=train["query_id"].combine_chunks()))
+    documents = documents.filter(pc.is_in(documents["document_id"], value_set=referenced))
+    # Not combine_chunks(): the full study's document texts (~3 GB) overflow one string array's offsets.
+    return (train.cast(KD_SCHEMAS["train"]), queries.cast(KD_SCHEMAS["queries"]),
+            documents.cast(KD_SCHEMAS["documents"]))
+
+
+def check_kd(tables: dict[str, pa.Table], *, n_ways_min: int = 1, where: str = "KD set") -> pa.Array:
+    """Raise `InputError` for anything in a KD set that would break or silently skew distillation.
+
+    The one set of KD checks, used by the prepare stage on the raw set and by the train stage
+    (`colbench.train.load_kd_dataset`) on the prepared folder: columns and types, no nulls, unique ids,
+    as many scores as document_ids, at least ``n_ways_min`` candidates per row, finite scores (all of
+    them, not only the first n_ways), every query and document id resolving to a non-blank text.
+    ``tables`` maps train/queries/documents to tables (extra columns ignored); ``where`` opens every
+    message. Copies nothing large (a memory-mapped 3 GB documents table stays mapped); returns the
+    unique document ids train references. Vectorised: 808k rows x 32 ids take a few seconds.
+    """
     for name, columns in KD_COLUMNS.items():
         found = tables[name].column_names
         if any(c not in found for c in columns):
@@ -307,8 +331,6 @@ def validate_kd(
     train = tables["train"].select(list(KD_COLUMNS["train"]))
     queries = tables["queries"].select(list(KD_COLUMNS["queries"]))
     documents = tables["documents"].select(list(KD_COLUMNS["documents"]))
-    if max_samples is not None:
-        train = train.slice(0, max_samples)
     _check_types(where, train, queries, documents)
     if train.num_rows == 0:
         raise InputError(f"{where}: train has no rows")
@@ -330,7 +352,7 @@ def validate_kd(
     bad = pc.not_equal(n_docs, n_scores)
     if pc.any(bad).as_py():
         raise InputError(f"{where}: {pc.sum(bad).as_py()} train row(s) have a different number of scores and "
-                         f"document_ids, e.g. query {_example(qids, bad)}")
+                         f"document_ids, e.g. query {_example(qids, bad)}; fix or drop those rows")
     short = pc.less(n_docs, n_ways_min)
     if pc.any(short).as_py():
         raise InputError(
@@ -348,22 +370,22 @@ def validate_kd(
     missing_q = pc.invert(pc.is_in(qids, value_set=queries["query_id"].combine_chunks()))
     if pc.any(missing_q).as_py():
         raise InputError(f"{where}: {pc.sum(missing_q).as_py()} train query id(s) are not in queries, e.g. "
-                         f"{_example(qids, missing_q)}")
+                         f"{_example(qids, missing_q)}; add their texts or drop those rows")
     referenced = pc.unique(pc.list_flatten(train["document_ids"]))
     missing_d = pc.invert(pc.is_in(referenced, value_set=documents["document_id"].combine_chunks()))
     if pc.any(missing_d).as_py():
         raise InputError(f"{where}: {pc.sum(missing_d).as_py()} document id(s) referenced by train are not in "
-                         f"documents, e.g. {_example(referenced, missing_d)}")
-    queries = queries.filter(pc.is_in(queries["query_id"], value_set=qids.combine_chunks()))
-    documents = documents.filter(pc.is_in(documents["document_id"], value_set=referenced))
+                         f"documents, e.g. {_example(referenced, missing_d)}; add their texts or drop those rows")
+    used = {"queries": qids.combine_chunks(), "documents": referenced}
     for name, table, key in (("queries", queries, "query_id"), ("documents", documents, "document_id")):
-        empty = pc.equal(pc.utf8_trim_whitespace(table["text"]), "")
+        # Blank = empty or only whitespace; boolean kernels rather than a trimmed copy of every text.
+        text = table["text"]
+        blank = pc.or_(pc.equal(pc.utf8_length(text), 0), pc.utf8_is_space(text))
+        empty = pc.and_(blank, pc.is_in(table[key], value_set=used[name]))
         if pc.any(empty).as_py():
             raise InputError(f"{where}: {pc.sum(empty).as_py()} {name} have an empty text, e.g. {key} "
                              f"{_example(table[key], empty)}; fix or drop them")
-    # Not combine_chunks(): the full study's document texts (~3 GB) overflow one string array's offsets.
-    return (train.cast(KD_SCHEMAS["train"]), queries.cast(KD_SCHEMAS["queries"]),
-            documents.cast(KD_SCHEMAS["documents"]))
+    return referenced
 
 
 def _check_types(where: str, train: pa.Table, queries: pa.Table, documents: pa.Table) -> None:

@@ -76,7 +76,7 @@ def _validate(query_store, doc_store, *, k, mode, index, dtype, block_tokens, ef
     if mode not in MODES:
         raise InputError(f"retrieve.mode={mode!r} is not one of {MODES}")
     if dtype not in DTYPES:
-        raise InputError(f"retrieve.exact_dtype={dtype!r} is not one of {sorted(DTYPES)}")
+        raise InputError(f"retrieve.maxsim_dtype={dtype!r} is not one of {sorted(DTYPES)}")
     if int(k) < 1 or int(block_tokens) < 1 or int(ef_search) < 1 or int(tokens_per_query_token) < 1:
         raise InputError(f"retrieve: k={k}, block_tokens={block_tokens}, ef_search={ef_search} and "
                          f"tokens_per_query_token={tokens_per_query_token} must all be >= 1")

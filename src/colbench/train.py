@@ -34,20 +34,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 from transformers import TrainerCallback
 
 from colbench.atomic import atomic_dir, read_json, write_json
 from colbench.errors import InputError
+from colbench.prepare import check_kd
 from colbench.provenance import provenance
 
-KD_FILES = {
-    "train.parquet": ("query_id", "document_ids", "scores"),
-    "queries.parquet": ("query_id", "text"),
-    "documents.parquet": ("document_id", "text"),
-}
+KD_FILES = ("train.parquet", "queries.parquet", "documents.parquet")  # columns: colbench.prepare.KD_COLUMNS
 CHECKPOINT_CONFIG = "colbench_checkpoints.json"
 CHECKPOINT_COMPLETE = "colbench_complete.json"
 TRAIN_RECORD = "colbench_train.json"
@@ -64,84 +60,22 @@ def _read_table(folder: Path, name: str):
     path = folder / name
     if not path.is_file():
         raise InputError(f"{path}: missing; a prepared KD folder holds {', '.join(KD_FILES)} (run the prepare stage).")
-    dataset = Dataset.from_parquet(str(path))
-    missing = [column for column in KD_FILES[name] if column not in dataset.column_names]
-    if missing:
-        raise InputError(f"{path}: columns {missing} missing (has {dataset.column_names}); expected {KD_FILES[name]}.")
-    return dataset
-
-
-def _first(values: pa.Array, mask: pa.Array) -> Any:
-    """The first value where ``mask`` is true (for error messages)."""
-    return values.filter(mask)[0].as_py()
-
-
-def validate_kd(train: pa.Table, queries: pa.Table, documents: pa.Table, *, n_ways: int, where: str = "") -> None:
-    """Raise `InputError` for anything that would break or silently skew distillation.
-
-    Checks, on the first ``n_ways`` candidates of each row (the ones that are trained on): every
-    row has at least ``n_ways`` candidates and as many scores as documents, scores are finite, and
-    every query and document id resolves to a text. Vectorised with pyarrow: 808k rows x 32 ids
-    take about a second.
-    """
-    if n_ways < 2:
-        raise InputError(f"loss.n_ways={n_ways}: distillation needs at least 2 candidates per query.")
-    if train.num_rows == 0:
-        raise InputError(f"{where}train.parquet: no training rows.")
-    qids = train.column("query_id").combine_chunks()
-    doc_lists = train.column("document_ids").combine_chunks()
-    score_lists = train.column("scores").combine_chunks()
-    n_docs = pc.list_value_length(doc_lists)
-    n_scores = pc.list_value_length(score_lists)
-
-    mismatch = pc.fill_null(pc.not_equal(n_docs, n_scores), True)
-    if pc.any(mismatch).as_py():
-        row = pc.indices_nonzero(mismatch)[0].as_py()
-        raise InputError(
-            f"{where}train.parquet: query {qids[row].as_py()!r} has {n_docs[row].as_py()} document_ids but "
-            f"{n_scores[row].as_py()} scores ({pc.sum(mismatch).as_py()} rows affected); re-run the prepare stage."
-        )
-    short = pc.fill_null(pc.less(n_docs, n_ways), True)
-    if pc.any(short).as_py():
-        qid = _first(qids, short)
-        raise InputError(
-            f"{where}train.parquet: query {qid!r} has fewer than n_ways={n_ways} candidates "
-            f"({pc.sum(short).as_py()} rows affected); lower loss.n_ways or drop those rows in prepare."
-        )
-
-    kept_docs = pc.list_slice(doc_lists, 0, n_ways)
-    kept_scores = pc.list_slice(score_lists, 0, n_ways)
-    flat_scores = pc.cast(pc.list_flatten(kept_scores), pa.float64())
-    bad = pc.fill_null(pc.invert(pc.is_finite(flat_scores)), True)
-    if pc.any(bad).as_py():
-        row = pc.list_parent_indices(kept_scores).filter(bad)[0].as_py()
-        raise InputError(
-            f"{where}train.parquet: query {qids[row].as_py()!r} has a non-finite teacher score "
-            f"({pc.sum(bad).as_py()} scores affected); fix or drop it in prepare."
-        )
-
-    missing_q = pc.invert(pc.is_in(qids, value_set=queries.column("query_id").combine_chunks()))
-    if pc.any(missing_q).as_py():
-        raise InputError(
-            f"{where}queries.parquet: {pc.sum(missing_q).as_py()} training query ids have no text, "
-            f"e.g. {_first(qids, missing_q)!r}; the queries table must cover every train.parquet query_id."
-        )
-    flat_docs = pc.list_flatten(kept_docs)
-    missing_d = pc.invert(pc.is_in(flat_docs, value_set=documents.column("document_id").combine_chunks()))
-    if pc.any(missing_d).as_py():
-        example = _first(flat_docs, missing_d)
-        row = pc.list_parent_indices(kept_docs).filter(missing_d)[0].as_py()
-        raise InputError(
-            f"{where}documents.parquet: {pc.sum(missing_d).as_py()} candidate document ids have no text, "
-            f"e.g. {example!r} (query {qids[row].as_py()!r}); the documents table must cover them."
-        )
+    if pq.read_metadata(path).num_rows == 0:
+        # datasets cannot read a parquet file without rows (batch size 0); kept in memory, check_kd names it.
+        return Dataset(pq.read_table(path))
+    return Dataset.from_parquet(str(path))
 
 
 def load_kd_dataset(folder: str | Path, *, n_ways: int, max_samples: int | None = None):
     """The prepared KD set as a `datasets.Dataset` of (query, document_1..document_{n_ways}, scores).
 
     Reads ``train/queries/documents.parquet`` (ms-marco-en-bge schema) with `datasets`, keeps the
-    first ``max_samples`` rows, validates them (`validate_kd`) and resolves ids to texts lazily with
+    first ``max_samples`` rows and checks them with the prepare stage's `colbench.prepare.check_kd`
+    (``n_ways_min=n_ways``), so a folder edited after prepare is refused before training, naming the
+    id. That check covers whole rows: a non-finite score or an unknown document id beyond the first
+    ``n_ways`` candidates is refused too, although never trained on, because a prepared folder never
+    holds one (prepare refuses it) and its presence means the folder was damaged. ``n_ways`` must be
+    at least 2 (distillation compares candidates). Ids are resolved to texts lazily with
     `sentence_transformers.util.resolve_ids` (``set_transform``: texts are joined per batch, so the
     808k x 32 expanded texts never sit in memory or on disk). The first ``n_ways`` candidates are kept
     as stored, scores truncated alike; ``scores`` is the label column the collator and
@@ -149,22 +83,21 @@ def load_kd_dataset(folder: str | Path, *, n_ways: int, max_samples: int | None 
     """
     from sentence_transformers.util import resolve_ids
 
+    if n_ways < 2:
+        raise InputError(f"loss.n_ways={n_ways}: distillation needs at least 2 candidates per query.")
     folder = Path(folder)
     train = _read_table(folder, "train.parquet")
-    queries = _read_table(folder, "queries.parquet").select_columns(["query_id", "text"])
-    documents = _read_table(folder, "documents.parquet").select_columns(["document_id", "text"])
+    queries = _read_table(folder, "queries.parquet")
+    documents = _read_table(folder, "documents.parquet")
     if max_samples is not None:
         if max_samples < 1:
             raise InputError(f"max_samples={max_samples}: must be a positive integer or null.")
         train = train.select(range(min(max_samples, train.num_rows)))
+    tables = {"train": train.with_format("arrow")[:], "queries": queries.data.table, "documents": documents.data.table}
+    check_kd(tables, n_ways_min=n_ways, where=f"prepared KD folder {folder} (rerun prepare if it was edited)")
     train = train.select_columns(["query_id", "document_ids", "scores"])
-    validate_kd(
-        train.with_format("arrow")[:],
-        queries.data.table,
-        documents.data.table,
-        n_ways=n_ways,
-        where=f"{folder}/",
-    )
+    queries = queries.select_columns(["query_id", "text"])
+    documents = documents.select_columns(["document_id", "text"])
     train.set_transform(
         resolve_ids({"query_id": queries, "document_ids": documents}, keep_columns=["scores"], max_list_length=n_ways)
     )
