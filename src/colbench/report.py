@@ -189,7 +189,8 @@ def write_csv(df: pd.DataFrame, path: str | Path) -> Path:
 # ---------------------------------------------------------------------------------------- figures
 
 
-def plot_study(table: pd.DataFrame, path: str | Path, *, metric: str = "ndcg@10") -> Path:
+def plot_study(table: pd.DataFrame, path: str | Path, *, metric: str = "ndcg@10",
+               reference_label: str = "published") -> Path:
     """Bar chart per dataset: this run's ``metric`` (x100) with its CI, next to the published value."""
     x = np.arange(len(table))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(table) + 2), 4.5))
@@ -197,7 +198,7 @@ def plot_study(table: pd.DataFrame, path: str | Path, *, metric: str = "ndcg@10"
     err = np.vstack([ours - table["ci_low"].to_numpy(float), table["ci_high"].to_numpy(float) - ours])
     bars = ax.bar(x - 0.2, ours, 0.4, yerr=err, capsize=4, label="this run (95 % CI)", color="tab:blue")
     published = table["published"].to_numpy(float)
-    ref = ax.bar(x + 0.2, np.nan_to_num(published), 0.4, label="published", color="tab:gray")
+    ref = ax.bar(x + 0.2, np.nan_to_num(published), 0.4, label=reference_label, color="tab:gray")
     ax.bar_label(bars, labels=[f"{v:.1f}" for v in ours], padding=2, fontsize=8, label_type="center", color="white")
     ax.bar_label(ref, labels=["" if math.isnan(v) else f"{v:.1f}" for v in published], padding=2, fontsize=8,
                  label_type="center", color="white")
@@ -208,7 +209,7 @@ def plot_study(table: pd.DataFrame, path: str | Path, *, metric: str = "ndcg@10"
     ax.set_xticks(x, labels)
     ax.set_ylabel(f"{metric.upper()} (x100)")
     ax.set_xlabel("BEIR dataset (test split)")
-    ax.set_title(f"{metric.upper()}: this run vs the published study")
+    ax.set_title(f"{metric.upper()}: this run vs the {reference_label} value")
     ax.set_ylim(0, max(100.0, np.nanmax(np.concatenate([table["ci_high"].to_numpy(float), published]))) * 1.05
                 if len(table) else 100)
     ax.legend(loc="upper right")
