@@ -374,3 +374,20 @@ def test_ddp_on_two_cpu_processes_keeps_replicas_identical(tmp_path):
     log = read_json(config["log_path"])
     # Two ranks x batch 2 x accumulation 2 = 8 of the 16 queries per step: half an epoch per step.
     assert [(r["step"], r["epoch"]) for r in log["records"]] == [(1, 0.5), (2, 1.0), (3, 1.5)]
+
+
+def test_an_existing_checkpoint_is_recorded_not_trained(tmp_path):
+    from colbench.model import load_colbert
+    from colbench.report import plot_training
+    from colbench.train import use_existing_checkpoint
+
+    checkpoint = str(Path(__file__).parent / "fixtures" / "pylate" / "bert" / "pylate-colbert")
+    summary = use_existing_checkpoint(checkpoint, tmp_path / "model", log_path=tmp_path / "log.json",
+                                                   baseline_runs=tmp_path / "baseline")
+    assert summary["trained"] is False and summary["checkpoint"] == checkpoint
+    assert read_json(tmp_path / "model" / "checkpoint.json")["checkpoint"] == checkpoint
+    pointed = load_colbert(str(tmp_path / "model"))
+    original = load_colbert(checkpoint)
+    assert pointed.encode_document(["a test"])[0].shape == original.encode_document(["a test"])[0].shape
+    assert read_json(tmp_path / "log.json")["records"] == [] and (tmp_path / "baseline").is_dir()
+    assert plot_training([], tmp_path / "training.png", checkpoint=checkpoint).stat().st_size > 1000

@@ -244,14 +244,21 @@ def plot_costs(costs: pd.DataFrame, path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def plot_training(log: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+def plot_training(log: Sequence[Mapping[str, Any]], path: str | Path, *, checkpoint: str | None = None) -> Path:
     """Training loss per step (raw and smoothed) with the learning rate on a second axis; a lower panel
     with the held-out ``eval_*`` metrics (x100) per step when the log has any.
 
     ``log`` is the trainer's log history: dicts with ``step`` and some of ``loss``, ``learning_rate``
-    and ``eval_...`` keys.
+    and ``eval_...`` keys. With ``checkpoint`` (an existing checkpoint evaluated, nothing trained) and
+    an empty log, the figure says so.
     """
     train = [e for e in log if "loss" in e and "step" in e]
+    if not train and checkpoint and not log:
+        fig, ax = plt.subplots(figsize=(8, 1.6))
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"No training in this run: it evaluates the existing checkpoint\n{checkpoint}",
+                ha="center", va="center", fontsize=11)
+        return _save(fig, path)
     if not train:
         raise InputError("training log has no entries with 'step' and 'loss': was training run with logging?")
     evals = sorted({k for e in log for k in e if k.startswith("eval_") and _is_score_key(k)})
