@@ -21,7 +21,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from colbench import encode as encode_module
 from colbench import evaluate, experiments, prepare, pydocs, report, train
@@ -32,6 +31,7 @@ from colbench.errors import InputError
 from colbench.index import build_index, open_index
 from colbench.retrieve import read_trec, write_trec
 from colbench.store import EmbeddingStore, open_store, write_store
+from test_config import write_params  # one params writer for the params tests
 
 FIXTURES = Path(__file__).parent / "fixtures"
 BEIR = FIXTURES / "beir_tiny"
@@ -667,14 +667,6 @@ def test_bad_evaluation_settings_are_named(call, needle):
 
 
 # ====================================================== params and the other stages (table coverage)
-
-
-def write_params(tmp_path: Path, edit) -> Path:
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    edit(raw)
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
 
 
 def _set(keys: str, value):
