@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from colbench.errors import InputError
-from colbench.experiments import load_experiments, plot_ablation
+from colbench.experiments import (
+    experiments_table,
+    load_experiments,
+    plot_ablation,
+    save_experiments,
+    scope_entries,
+    table_from_file,
+)
 
 DVC = str(Path(sys.executable).with_name("dvc"))
 
@@ -70,6 +77,10 @@ def test_load_experiments_lists_baseline_and_experiments(dvc_repo, tmp_path):
     assert workspace["role"].tolist().count("workspace") == 1
     assert workspace["recall@100/fiqa"].tolist() == pytest.approx([0.9] * 4)
 
+    # The report reads a snapshot: the same table.
+    snapshot = table_from_file(save_experiments(dvc_repo, tmp_path / "experiments.json"))
+    assert snapshot["ndcg@10/fiqa"].tolist() == df["ndcg@10/fiqa"].tolist()
+
     png = plot_ablation(df, tmp_path / "ablation.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(InputError, match="no 'map@100' columns"):
@@ -79,3 +90,20 @@ def test_load_experiments_lists_baseline_and_experiments(dvc_repo, tmp_path):
 def test_load_experiments_rejects_a_folder_without_dvc(tmp_path):
     with pytest.raises(InputError, match="not a DVC repository"):
         load_experiments(tmp_path, DVC)
+
+
+def test_a_snapshot_keeps_only_its_own_pipelines_params_and_metrics():
+    # `dvc exp show` lists every pipeline of the repository: the study at the root and the demo below it.
+    def data(scale):
+        return {"params": {"params.yaml": {"data": {"train": {"lr": 1}}},
+                           "demo/params.yaml": {"data": {"train": {"lr": scale}}}},
+                "metrics": {"reports/metrics/evaluate.json": {"data": {"fiqa": {"ndcg@10": 0.4}}},
+                            "demo/reports/metrics/evaluate.json": {"data": {"pydocs": {"ndcg@10": 0.5 * scale}}}}}
+
+    entries = [{"rev": "abc1234", "name": "main", "data": data(1),
+                "experiments": [{"name": "double", "revs": [{"rev": "def5678", "name": "double", "data": data(2)}]}]}]
+    demo = experiments_table(scope_entries(entries, "demo"))
+    assert demo.attrs["params"] == ["train.lr"] and demo["train.lr"].tolist() == [1, 2]
+    assert demo.attrs["metrics"] == ["ndcg@10/pydocs"] and demo["ndcg@10/pydocs"].tolist() == [0.5, 1.0]
+    study = experiments_table(scope_entries(entries, "", others=["demo"]), all_params=True)
+    assert study.attrs["params"] == ["train.lr"] and study.attrs["metrics"] == ["ndcg@10/fiqa"]

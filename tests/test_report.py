@@ -131,8 +131,12 @@ def test_export_html_and_index(tmp_path):
     report.plot_tradeoff([{"setting": 1, "qps": 1.0, "ndcg@10": 0.5, "recall@100": 0.7}], reports / "figures" / "t.png")
     report.write_csv(pd.DataFrame({"a": [1]}), reports / "tables" / "costs.csv")
     headline = pd.DataFrame({"dataset": ["scifact"], "ndcg@10": [73.1]})
-    index = report.write_index(reports, headline, [html]).read_text()
+    ablations = pd.DataFrame({"experiment": ["main", "lr-half"], "role": ["baseline", "experiment"],
+                              "train.args.learning_rate": [8e-5, 4e-5], "ndcg@10/scifact": [0.731, 0.702]})
+    ablations.attrs.update(params=["train.args.learning_rate"], metrics=["ndcg@10/scifact"])
+    index = report.write_index(reports, headline, [html], ablations).read_text()
     assert "| scifact | 73.10 |" in index
+    assert "| lr-half | experiment | 4e-05 | 70.20 |" in index  # metrics x100, one row per experiment
     assert "[evaluate](html/evaluate.html)" in index
     assert "![t](figures/t.png)" in index and "(tables/costs.csv)" in index
 

@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
+import torch
 
 from colbench.errors import InputError
 from colbench.index import build_index, open_index
-from colbench.retrieve import read_trec, search, write_trec
+from colbench.retrieve import _max_over_tokens, read_trec, search, write_trec
 from colbench.store import open_store, write_store
 
 
@@ -35,16 +36,35 @@ def clustered(rng, n_docs, dim=16, n_topics=8, length=(3, 12)):
     return docs
 
 
-def test_hand_worked_scores_and_padding_never_wins(tmp_path):
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-6), ("bfloat16", 1e-2)])
+def test_hand_worked_scores_and_padding_never_wins(tmp_path, dtype, tol):
     # Query tokens (1,0) and (0,1). Doc "long": tokens (1,0),(0,-1) -> max 1 + max(0,-1)=0 -> 1.
     # Doc "short": one token (-1,-1)/sqrt2 -> -0.7071 + -0.7071 = -1.4142. With zero padding (PyLate),
-    # "short" padded to 2 tokens would score 0 + 0 = 0 instead.
-    docs = make_store(tmp_path / "d", ["long", "short"], [[[1, 0], [0, -1]], [[-0.70710678, -0.70710678]]])
+    # "short" padded to 2 tokens would score 0 + 0 = 0 instead. "far": tokens (-1,0),(-0.6,-0.8) ->
+    # max(-1,-0.6) + max(0,-0.8) = -0.6 + 0 = -0.6: the max of all-negative similarities is the one nearest 0.
+    docs = make_store(tmp_path / "d", ["long", "short", "far"],
+                      [[[1, 0], [0, -1]], [[-0.70710678, -0.70710678]], [[-1, 0], [-0.6, -0.8]]])
     queries = make_store(tmp_path / "q", ["q1"], [[[1, 0], [0, 1]]])
-    run = search(queries, docs, k=2, mode="exact", dtype="float32")
-    assert list(run["q1"]) == ["long", "short"]
-    assert run["q1"]["long"] == pytest.approx(1.0)
-    assert run["q1"]["short"] == pytest.approx(-1.4142135, abs=1e-6)
+    run = search(queries, docs, k=3, mode="exact", dtype=dtype)
+    assert list(run["q1"]) == ["long", "far", "short"]
+    assert run["q1"]["long"] == pytest.approx(1.0, abs=tol)
+    assert run["q1"]["far"] == pytest.approx(-0.6, abs=tol)
+    assert run["q1"]["short"] == pytest.approx(-1.4142135, abs=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_max_over_document_tokens_equals_amax_for_any_signs(dtype):
+    # The max is taken on the floats' bits (see _max_over_tokens): check it against amax on mixed signs,
+    # all-negative rows, +0 and -0.
+    g = torch.Generator().manual_seed(0)
+    sims = (torch.rand((50, 7, 33), generator=g) * 2 - 1).to(dtype)
+    sims[:10] = -sims[:10].abs()  # every value negative
+    sims[10:20, 3] = 0.0
+    sims[20:25] = -sims[20:25].abs()
+    sims[20:25, 2] = -0.0
+    expected = sims.amax(dim=1)
+    got = _max_over_tokens(sims.clone())
+    assert torch.equal(got, expected)
 
 
 @pytest.mark.parametrize("dtype,tol", [("float32", 1e-4), ("bfloat16", 0.08)])

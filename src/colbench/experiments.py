@@ -228,16 +228,57 @@ def _display(value: Any) -> Any:
     return _key(value) if isinstance(value, (list, dict)) else value
 
 
-def save_experiments(repo_dir: str | Path, out: str | Path, dvc_exe: str = "dvc") -> Path:
-    """Write the raw ``dvc exp show --json`` of ``repo_dir`` to ``out`` (atomically), for the report stage.
+def save_experiments(pipeline_dir: str | Path, out: str | Path, dvc_exe: str = "dvc") -> Path:
+    """Write ``dvc exp show --json`` for the pipeline in ``pipeline_dir`` to ``out`` (atomically), for the report stage.
 
     The report reads this file instead of calling DVC itself: a stage that ran `dvc exp show` inside
-    `dvc repro` would wait on the lock that repro holds.
+    `dvc repro` would wait on the lock that repro holds. DVC lists the params and metrics files of every
+    pipeline of the repository (the study's and the demo's); only this pipeline's are kept, named relative
+    to its folder (see :func:`scope_entries`).
     """
     from colbench.atomic import write_json
 
-    write_json(out, _exp_show(Path(repo_dir), dvc_exe, all_commits=False))
+    pipeline_dir = Path(pipeline_dir).resolve()
+    root = _dvc_root(pipeline_dir)
+    scope = pipeline_dir.relative_to(root).as_posix()
+    entries = scope_entries(_exp_show(root, dvc_exe, all_commits=False), "" if scope == "." else scope,
+                            others=_pipelines_under(pipeline_dir, root))
+    write_json(out, entries)
     return Path(out)
+
+
+def scope_entries(entries: list[dict[str, Any]], scope: str, others: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """``entries`` of ``dvc exp show --json`` keeping only the params and metrics files inside the folder ``scope``
+    (relative to the DVC root, ``""`` for the root) and outside the folders ``others`` (nested pipelines),
+    with their names made relative to ``scope``. Experiments and their order are kept as they are."""
+    prefix = f"{scope.rstrip('/')}/" if scope else ""
+    skip = tuple(f"{o.rstrip('/')}/" for o in others)
+
+    def files(section: Mapping[str, Any] | None) -> dict[str, Any]:
+        return {name[len(prefix):]: content for name, content in (section or {}).items()
+                if name.startswith(prefix) and not name.startswith(skip)}
+
+    def scoped(entry: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(entry)
+        if entry.get("data"):
+            out["data"] = {**entry["data"], "params": files(entry["data"].get("params")),
+                           "metrics": files(entry["data"].get("metrics"))}
+        if entry.get("experiments"):
+            out["experiments"] = [{**group, "revs": [scoped(r) for r in group.get("revs") or []]}
+                                  for group in entry["experiments"]]
+        return out
+
+    return [scoped(entry) for entry in entries]
+
+
+def _pipelines_under(pipeline_dir: Path, root: Path) -> list[str]:
+    """Folders below ``pipeline_dir`` with a dvc.yaml of their own, relative to ``root`` (hidden folders skipped)."""
+    found = []
+    for folder, dirs, names in os.walk(pipeline_dir):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        if "dvc.yaml" in names and Path(folder) != pipeline_dir:
+            found.append(Path(folder).relative_to(root).as_posix())
+    return found
 
 
 def table_from_file(path: str | Path, **kwargs: Any) -> pd.DataFrame:
@@ -249,14 +290,15 @@ def table_from_file(path: str | Path, **kwargs: Any) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m colbench.experiments --out reports/experiments.json``: snapshot the experiments."""
+    """``python -m colbench.experiments --out reports/experiments.json``: snapshot this pipeline's experiments."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m colbench.experiments", description=main.__doc__)
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--repo", default=".", type=Path, help="a folder inside the DVC repository")
+    parser.add_argument("--pipeline", default=".", type=Path,
+                        help="the folder of the pipeline's dvc.yaml (default: the current folder)")
     options = parser.parse_args(argv)
-    save_experiments(_dvc_root(options.repo), options.out)
+    save_experiments(options.pipeline, options.out)
     print(f"experiments: {len(table_from_file(options.out))} rows written to {options.out}")
 
 

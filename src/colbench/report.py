@@ -357,9 +357,11 @@ def export_html(notebook_paths: Iterable[str | Path], out_dir: str | Path) -> li
     return written
 
 
-def write_index(reports_dir: str | Path, headline: pd.DataFrame, html_files: Iterable[str | Path]) -> Path:
-    """Write ``reports_dir/README.md``: the headline table, links to the HTML notebooks, the figures
-    (every PNG under ``reports_dir``) and the tables (CSV / Markdown), all as relative links."""
+def write_index(reports_dir: str | Path, headline: pd.DataFrame, html_files: Iterable[str | Path],
+                ablations: pd.DataFrame | None = None) -> Path:
+    """Write ``reports_dir/README.md``: the headline table, the ablations (a table from
+    :func:`colbench.experiments.table_from_file`, when it has rows), links to the HTML notebooks, the
+    figures (every PNG under ``reports_dir``) and the tables (CSV / Markdown), all as relative links."""
     reports_dir = Path(reports_dir)
     index = reports_dir / "README.md"
 
@@ -367,6 +369,16 @@ def write_index(reports_dir: str | Path, headline: pd.DataFrame, html_files: Ite
         return Path(os.path.relpath(Path(p).resolve(), reports_dir.resolve())).as_posix()
 
     lines = ["# Report", "", "## Headline", "", markdown_table(headline).rstrip(), ""]
+    if ablations is not None and len(ablations):
+        metrics = ablations.attrs.get("metrics", [])
+        params = ablations.attrs.get("params", [])
+        shown = ablations[["experiment", "role"]].copy()
+        for param in params:  # as written in params.yaml (a learning rate is not a 2-decimal number)
+            shown[param] = ablations[param].map(str)
+        for metric in metrics:
+            shown[metric] = 100 * ablations[metric]
+        lines += ["## Ablations", "", "DVC experiments (metrics x100); the baseline is this pipeline's committed "
+                  "configuration.", "", markdown_table(shown).rstrip(), ""]
     html = [Path(p) for p in html_files]
     if html:
         lines += ["## Executed notebooks", ""] + [f"- [{p.stem}]({rel(p)})" for p in html] + [""]
@@ -500,13 +512,14 @@ def main(argv: Sequence[str] | None = None) -> Path:
     import sys
 
     from colbench.config import load_params
+    from colbench.experiments import table_from_file
 
     argv = list(sys.argv[1:] if argv is None else argv)
     params = load_params(argv[0] if argv else "params.yaml")
     reports = params.path("reports")
     html = export_html(sorted((reports / "notebooks").glob("*.ipynb")), reports / "html")
     headline = pd.read_csv(reports / "study_table.csv")
-    index = write_index(reports, headline, html)
+    index = write_index(reports, headline, html, table_from_file(reports / "experiments.json"))
     print(f"report: {len(html)} notebooks exported to {reports / 'html'}; index {index}")
     return index
 

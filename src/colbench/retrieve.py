@@ -6,9 +6,10 @@ return an id-keyed run ``{query_id: {doc_id: score}}`` holding the top ``k`` doc
 * ``exact`` scores every document. The store is read front to back in blocks of about ``block_tokens``
   token vectors; within a block documents are sorted by length and cut into sub-blocks of similar length
   (padding stays small). Each sub-block is gathered, cast to ``dtype`` and multiplied by the packed query
-  tokens of many queries at once, in tiles small enough that the similarity matrix stays in the CPU cache
-  and is reduced there: max over each document's tokens, sum over each query's tokens. Memory stays
-  bounded by one tile and the score matrix of one query batch; the store stays memory-mapped.
+  tokens of many queries at once, one tile of the similarity matrix at a time, which is reduced at once:
+  max over each document's tokens (on the bits of the floats as integers, see ``_max_over_tokens``), sum
+  over each query's tokens. Memory stays bounded by one tile and the score matrix of one query batch; the
+  store stays memory-mapped.
 * ``hnsw`` asks the index for the ``tokens_per_query_token`` nearest document tokens of every query token,
   takes the union of their documents as candidates and reranks them with exact MaxSim from the store.
 
@@ -38,11 +39,11 @@ from colbench.store import EmbeddingStore
 
 MODES = ("hnsw", "exact")
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
-# Tile sizes, measured on a 2-core Sapphire Rapids (AMX bf16): a [_SUB_TOKENS, _TILE_ROWS] bf16 similarity
-# tile (4 MiB, 2 MiB per core) stays in L2, where the 128-wide product runs at about 1 TFLOP/s per core and
-# the max over document tokens reads it back from cache. Tiles of 16384 x 2048 (the first version) spill
-# to memory and ran 3-5x slower. Larger values only cost speed, never correctness.
-_TILE_ELEMENTS = 1024 * 2048  # similarity tile (document tokens x query tokens), bf16
+# Tile sizes, measured on a 2-core Sapphire Rapids (AMX bf16, 2 MiB L2 per core) with bench/retrieval.py:
+# exact bf16 search ran at 830 / 975 / 1020 / 960 / 860 GFLOP/s on CISI (634 / 813 / 1070 / 1151 / 876 on
+# the 50k synthetic corpus) with similarity tiles of 2M / 4M / 8M / 16M / 24M elements: large products
+# amortise the per-call cost until the tile stops fitting the caches. Other values only cost speed.
+_TILE_ELEMENTS = 4096 * 2048  # similarity tile (document tokens x query tokens), bf16
 _MAX_SUB_TOKENS = 16384  # padded document tokens per product when few query tokens are scored (hnsw rerank)
 _TILE_ROWS = 2048  # query tokens per product (64 queries of 32 tokens)
 _SCORES_BYTES = 256 << 20  # score matrix of one query batch in exact mode
@@ -127,13 +128,16 @@ def _score_sorted(vectors: torch.Tensor, offsets: np.ndarray, lengths: np.ndarra
     ``q_tiles`` are the query tokens, ``dtype``, transposed to [dim, rows] (rows a multiple of ``q_len``).
     Documents are cut into sub-blocks of similar length and padded with copies of their own last token, so
     padding never changes a max. Each sub-block is gathered from ``vectors`` (the store's rows, any dtype)
-    and cast once, multiplied by every query tile, and reduced in place of the product: max over each
-    document's tokens (on the bf16 product, in cache), then a float32 sum over each query's tokens.
+    and cast once, multiplied by every query tile, and the product reduced: max over each document's tokens
+    (in ``dtype``), then a float32 sum over each query's tokens.
     """
     n_q = sum(t.shape[1] for t in q_tiles) // q_len
     out = torch.empty((len(docs), n_q), dtype=torch.float32)
     budget = min(_MAX_SUB_TOKENS, max(16, _TILE_ELEMENTS // max(t.shape[1] for t in q_tiles)))
     doc_len = lengths[docs]
+    # One product buffer for every product: a fresh multi-MB tensor each time is served by mmap and paid for
+    # in page faults (exact search on CISI ran at 440 instead of 1000 GFLOP/s with it).
+    sims = torch.empty(budget * max(t.shape[1] for t in q_tiles), dtype=dtype)
     start = 0
     while start < len(docs):
         # Sorted by length: the widest document of [start, stop) is the last; at least one per sub-block.
@@ -141,16 +145,49 @@ def _score_sorted(vectors: torch.Tensor, offsets: np.ndarray, lengths: np.ndarra
         stop = start + max(1, int(np.searchsorted(np.arange(1, len(window) + 1) * window, budget, "right")))
         width = int(doc_len[stop - 1])
         pos = np.minimum(np.arange(width)[None, :], doc_len[start:stop, None] - 1)
-        rows = torch.from_numpy((offsets[docs[start:stop], None] + pos).ravel())
-        d = vectors.index_select(0, rows).to(dtype)
+        rows = (offsets[docs[start:stop], None] + pos).ravel()
+        # Products come in few shapes (the budget, or a power of two below it for the last, partial sub-block;
+        # the extra rows repeat a real one and are ignored): the BLAS builds a kernel for each new shape, which
+        # on CISI cost a third of the search time when every sub-block had its own.
+        shape_rows = len(rows) if len(rows) >= budget else min(budget, 1 << (len(rows) - 1).bit_length())
+        rows = np.pad(rows, (0, shape_rows - len(rows)), mode="edge")
+        # float16 -> float32 -> bfloat16 is faster than the direct cast in torch 2.13 (measured: 555 vs 800 us for
+        # 1.8M values); the values are the same, float32 holds every float16 exactly.
+        d = vectors.index_select(0, torch.from_numpy(rows)).float().to(dtype)
+        used = (stop - start) * width
         col = 0
         for tile in q_tiles:
-            best = torch.mm(d, tile).view(stop - start, width, -1).amax(dim=1)
+            size = d.shape[0] * tile.shape[1]
+            if size > sims.numel():  # one document longer than the budget
+                sims = torch.empty(size, dtype=dtype)
+            product = torch.mm(d, tile, out=sims[:size].view(d.shape[0], tile.shape[1]))
+            best = _max_over_tokens(product[:used].view(stop - start, width, -1))
             n = tile.shape[1] // q_len
-            out[start:stop, col : col + n] = best.float().view(stop - start, n, q_len).sum(dim=2)
+            out[start:stop, col : col + n] = best.view(stop - start, n, q_len).sum(dim=2, dtype=torch.float32)
             col += n
         start = stop
     return out
+
+
+# Integer types of the same width: comparing IEEE floats by their bits as integers (see _max_over_tokens).
+_SAME_WIDTH_INT = {torch.bfloat16: torch.int16, torch.float32: torch.int32}
+
+
+def _max_over_tokens(sims: torch.Tensor) -> torch.Tensor:
+    """Max over dim 1 of ``sims`` [docs, width, query tokens] (bfloat16 or float32), exactly.
+
+    Why not ``amax``: on bf16 its reduction over a middle dimension runs about 10x slower than the same
+    reduction on int16 (measured on the benchmark's CPU), and it was half the time of exact search. Read as
+    sign-magnitude integers, floats >= +0 order like their bits, and every negative float has a negative
+    bit pattern. So where the integer max is >= 0 it is the float max; where it is negative, every value
+    is negative, and the float max (smallest magnitude) is the integer min. No NaN comes out of a product
+    of finite vectors.
+    """
+    bits = sims.view(_SAME_WIDTH_INT[sims.dtype])
+    high = bits.amax(dim=1)
+    if int(high.min()) < 0:  # rare with real embeddings: a document none of whose tokens is like a query token
+        high = torch.where(high < 0, bits.amin(dim=1), high)
+    return high.view(sims.dtype)
 
 
 def _query_tiles(query_store: EmbeddingStore, queries: np.ndarray, dtype: torch.dtype) -> tuple[list[torch.Tensor], int]:
