@@ -482,6 +482,7 @@ def per_query_against_baseline(params, dataset: str, metric: str = "ndcg@10") ->
     The baseline is the run file ``<params.report.baseline>/<dataset>.trec`` when that param is set,
     else the untrained model's run saved by the training stage; None when neither exists.
     """
+    from colbench.atomic import read_json
     from colbench.evaluate import evaluate_run, load_qrels
     from colbench.prepare import load_beir_folder
     from colbench.retrieve import read_trec
@@ -495,9 +496,8 @@ def per_query_against_baseline(params, dataset: str, metric: str = "ndcg@10") ->
     qrels = load_qrels(params.path("datasets") / dataset / "qrels" / f"{split}.tsv")
     run_a = read_trec(params.path("runs") / f"{dataset}.trec")
     run_b = read_trec(baseline_path)
-    policy = params.evaluate.ignore_identical_ids[dataset]
-    _, pq_a = evaluate_run(run_a, qrels, ignore_identical_ids=policy)
-    _, pq_b = evaluate_run(run_b, qrels, ignore_identical_ids=policy)
+    pq_a = read_json(reports / "per_query" / f"{dataset}.json")  # this run's, as the evaluate stage scored it
+    _, pq_b = evaluate_run(run_b, qrels, ignore_identical_ids=params.evaluate.ignore_identical_ids[dataset])
     corpus, queries, _, _ = load_beir_folder(params.path("datasets") / dataset, split)
     return per_query_view(pq_a, pq_b, {q["_id"]: q["text"] for q in queries}, {d["_id"]: d for d in corpus},
                           run_a, run_b, metric=metric, n=params.report.per_query_examples)
