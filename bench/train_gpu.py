@@ -46,27 +46,36 @@ def write_synthetic_kd(
     query_words: tuple[int, int] = (4, 12),
     seed: int = 0,
 ) -> Path:
-    """A KD folder in the prepared format (ms-marco-en-bge schema + manifest), deterministic in ``seed``."""
+    """A KD folder in the prepared format, deterministic in ``seed``.
+
+    The synthetic tables are written as a local KD source and prepared by the pipeline's own
+    `colbench.kd.prepare_kd` (the same checks, schema and manifest as the prepare stage).
+    """
+    import shutil
+
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from colbench.kd import prepare_kd
+
     rng = random.Random(seed)
-    folder.mkdir(parents=True, exist_ok=True)
+    raw = folder.with_name(folder.name + ".source")
+    raw.mkdir(parents=True, exist_ok=True)
 
     def text(low: int, high: int) -> str:
         return " ".join(rng.choice(WORDS) for _ in range(rng.randint(low, high)))
 
     doc_ids = [f"d{i}" for i in range(n_documents)]
     pq.write_table(
-        pa.table({"document_id": doc_ids, "text": [text(*doc_words) for _ in doc_ids]}), folder / "documents.parquet"
+        pa.table({"document_id": doc_ids, "text": [text(*doc_words) for _ in doc_ids]}), raw / "documents.parquet"
     )
     query_ids = [f"q{i}" for i in range(n_queries)]
-    pq.write_table(pa.table({"query_id": query_ids, "text": [text(*query_words) for _ in query_ids]}), folder / "queries.parquet")
+    pq.write_table(pa.table({"query_id": query_ids, "text": [text(*query_words) for _ in query_ids]}), raw / "queries.parquet")
     candidates = [rng.sample(doc_ids, n_candidates) for _ in query_ids]
     scores = [sorted((rng.uniform(-5, 10) for _ in range(n_candidates)), reverse=True) for _ in query_ids]
-    pq.write_table(pa.table({"query_id": query_ids, "document_ids": candidates, "scores": scores}), folder / "train.parquet")
-    manifest = {"source": "synthetic (bench)", "revision": None, "n_train": n_queries, "seed": seed}
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    pq.write_table(pa.table({"query_id": query_ids, "document_ids": candidates, "scores": scores}), raw / "train.parquet")
+    prepare_kd(str(raw), folder, revision=None, max_samples=None, seed=seed, n_ways_min=n_candidates)
+    shutil.rmtree(raw)
     return folder
 
 

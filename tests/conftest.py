@@ -1,7 +1,103 @@
-"""Every test runs offline: the hub and BEIR servers are unreachable on CI."""
+"""Shared test setup: every test runs offline (the hub and BEIR servers are unreachable on CI), and the
+fixtures that build KD sets and trainers the way the train stage does."""
 
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import dataclasses  # noqa: E402
+import itertools  # noqa: E402
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures"
+PYLATE = FIXTURES / "pylate"
+
+
+@pytest.fixture(scope="session")
+def study():
+    """The study's params (params.yaml as committed), as every stage reads them."""
+    from colbench.config import load_params
+
+    return load_params(REPO / "params.yaml")
+
+
+@pytest.fixture
+def edited_params(tmp_path):
+    """``make(edit) -> path``: the study's params.yaml with ``edit(data)`` applied to its parsed YAML,
+    written to tmp_path/params.yaml."""
+    import yaml
+
+    def make(edit) -> Path:
+        data = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+        edit(data)
+        path = tmp_path / "params.yaml"
+        path.write_text(yaml.safe_dump(data), encoding="utf-8")
+        return path
+
+    return make
+
+
+@pytest.fixture
+def kd_folder(tmp_path):
+    """``make(queries, documents, rows) -> folder``: a KD set in the ms-marco-en-bge schema (ids -> texts,
+    train rows of query_id / document_ids / scores), prepared by the prepare stage's own code."""
+    from colbench.kd import prepare_kd
+
+    def make(queries: dict, documents: dict, rows: list[dict], name: str = "kd") -> Path:
+        source = tmp_path / f"{name}_source"
+        source.mkdir()
+        for table, records in (("queries", [{"query_id": k, "text": v} for k, v in queries.items()]),
+                               ("documents", [{"document_id": k, "text": v} for k, v in documents.items()]),
+                               ("train", rows)):
+            (source / f"{table}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+        prepare_kd(str(source), tmp_path / name, revision=None, max_samples=None, seed=42, n_ways_min=1)
+        return tmp_path / name
+
+    return make
+
+
+@pytest.fixture
+def study_settings(study):
+    """``make(**arg_overrides) -> dict``: the study's train.model / train.loss / train.args as the train stage
+    passes them to `colbench.train.train`, in fp32 and logging every step."""
+
+    def make(**arg_overrides) -> dict:
+        args = {**dataclasses.asdict(study.train.args), "bf16": False, "tf32": False, "logging_steps": 1,
+                "save_steps": 1000, **arg_overrides}
+        return dict(model_kwargs=dataclasses.asdict(study.train.model),
+                    loss_kwargs=dataclasses.asdict(study.train.loss), args=args)
+
+    return make
+
+
+@pytest.fixture
+def reference_trainer(tmp_path, kd_folder, study_settings):
+    """``make(arch, **loss_overrides) -> (trainer, run, reference)``: the train stage's trainer
+    (`colbench.train.build_trainer`, study settings) starting from PyLate's checkpoint of ``arch``, on
+    PyLate's fixed KD batch (reference.json ``kd_batch``)."""
+    from colbench.train import build_trainer
+
+    calls = itertools.count()
+
+    def make(arch: str, **loss_overrides):
+        run_dir = tmp_path / f"trainer-{next(calls)}"
+        reference = json.loads((PYLATE / arch / "reference.json").read_text(encoding="utf-8"))
+        batch = reference["kd_batch"]
+        documents = {f"d{i}-{j}": text for i, row in enumerate(batch) for j, text in enumerate(row["documents"])}
+        rows = [{"query_id": f"q{i}", "document_ids": [f"d{i}-{j}" for j in range(len(row["documents"]))],
+                 "scores": row["scores"]} for i, row in enumerate(batch)]
+        folder = kd_folder({f"q{i}": row["query"] for i, row in enumerate(batch)}, documents, rows, name=run_dir.name)
+        settings = study_settings()
+        settings["loss_kwargs"].update(n_ways=len(batch[0]["documents"]), **loss_overrides)
+        trainer, run = build_trainer(kd_dir=folder, checkpoints_dir=run_dir / "checkpoints",
+                                     log_path=run_dir / "log.json", base_model="unused",
+                                     init_checkpoint=str(PYLATE / arch / "pylate-colbert"), seed=42, **settings)
+        return trainer, run, reference
+
+    return make

@@ -11,33 +11,9 @@ from colbench.errors import InputError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def write_params(tmp_path: Path, edit) -> Path:
-    data = yaml.safe_load((ROOT / "params.yaml").read_text())
-    edit(data)
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def test_study_params_describe_the_study():
-    params = load_params(ROOT / "params.yaml")
-    assert params.train.base_model == "answerdotai/ModernBERT-base"
-    assert params.prepare.kd.source == "lightonai/ms-marco-en-bge"
-    assert params.datasets == ["fiqa", "scifact", "nfcorpus", "arguana"]
-    model, loss, args = params.train.model, params.train.loss, params.train.args
-    assert (model.embedding_dim, model.query_length, model.document_length) == (128, 32, 180)
-    assert (model.query_prefix, model.document_prefix, model.skiplist) == ("[Q] ", "[D] ", "punctuation")
-    assert model.query_expansion and loss.normalize_scores and loss.n_ways == 32
-    assert (args.learning_rate, args.num_train_epochs, args.warmup_ratio) == (8e-5, 1, 0.05)
-    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (4, 4)
-    assert args.lr_scheduler_type == "linear" and params.base.seed == 42
-    assert params.report.reference_ndcg10 == {"fiqa": 39.86, "scifact": 73.67, "nfcorpus": 33.98, "arguana": 30.98}
-
-
-def test_demo_params_are_valid_and_offline():
-    params = load_params(ROOT / "demo" / "params.yaml")
-    assert params.train.base_model.startswith("pkg:")
-    assert params.prepare.kd.source.startswith("builtin:")
+def test_the_study_and_the_demo_params_load():
+    assert load_params(ROOT / "params.yaml").datasets == ["fiqa", "scifact", "nfcorpus", "arguana"]
+    assert load_params(ROOT / "demo" / "params.yaml").datasets == ["pydocs"]
 
 
 @pytest.mark.parametrize(
@@ -56,21 +32,24 @@ def test_demo_params_are_valid_and_offline():
         (lambda d: d["evaluate"]["ignore_identical_ids"].pop("arguana"), "ignore_identical_ids has no entry for ['arguana']"),
         (lambda d: d["train"]["eval"].update(dataset="msmarco"), "train.eval.dataset is 'msmarco'"),
         (lambda d: d.update(encode=[1]), "encode must be a mapping"),
+        (lambda d: d["train"].update(checkpoint="a/b", init_checkpoint="c/d"), "are both set: keep one"),
+        (lambda d: d["train"]["canary"].update(tolerance=2), "train.canary.tolerance is 2"),
+        (lambda d: d["encode"].update(document_length=0), "encode.document_length is 0"),
     ],
 )
-def test_a_wrong_key_or_value_is_named(tmp_path, edit, message):
+def test_a_wrong_key_or_value_is_named(edited_params, edit, message):
     with pytest.raises(InputError, match=None) as info:
-        load_params(write_params(tmp_path, edit))
+        load_params(edited_params(edit))
     assert message in str(info.value)
 
 
-def test_yaml_style_exponent_is_accepted(tmp_path):
-    path = write_params(tmp_path, lambda d: d["train"]["args"].update(learning_rate="8e-5"))
+def test_yaml_style_exponent_is_accepted(edited_params):
+    path = edited_params(lambda d: d["train"]["args"].update(learning_rate="8e-5"))
     assert load_params(path).train.args.learning_rate == 8e-5
 
 
-def test_paths_resolve_against_the_params_file(tmp_path):
-    params = load_params(write_params(tmp_path, lambda d: None))
+def test_outputs_live_below_the_params_files_folder(tmp_path, edited_params):
+    params = load_params(edited_params(lambda d: None))
     assert params.path("kd") == tmp_path / "data" / "kd"
 
 

@@ -2,8 +2,6 @@
 
 import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import contextlib
 import json
 from pathlib import Path
@@ -22,10 +20,6 @@ REFERENCE = json.loads((FIXTURE / "reference.json").read_text(encoding="utf-8"))
 DOCS = REFERENCE["documents"]  # includes a 300-word document (truncated at 180 tokens) and a punctuation one
 DOC_IDS = [f"d{i}" for i in range(len(DOCS))]
 
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="module")

@@ -134,3 +134,22 @@ def test_bootstrap_rejects_mismatched_queries():
         paired_bootstrap({"q1": {"m": 1.0}, "q2": {"m": 0.0}}, {"q1": {"m": 1.0}}, metric="m")
     with pytest.raises(InputError, match="no metric 'ndcg@10'"):
         paired_bootstrap({"q1": {"m": 1.0}}, metric="ndcg@10")
+
+
+def test_both_identical_id_protocols_on_ids_that_collide():
+    # Numeric ids in both namespaces, as FiQA and SciFact have: query "1"'s own id names an unrelated document.
+    from colbench.evaluate import evaluate_protocols
+
+    qrels = {"1": {"7": 1}, "2": {"2": 1}}  # query "2" is itself document "2" and judged relevant (a self-hit)
+    run = {"1": {"1": 0.9, "7": 0.8}, "2": {"2": 0.9, "5": 0.1}}
+    metrics, kept, dropped = evaluate_protocols(run, qrels, ignore_identical_ids=False)
+    assert (metrics["identical_ids"], metrics["self_hits"]) == ("kept", 2)
+    # Kept (the study's PyLate evaluation): q1 finds "7" at rank 2, q2 "2" at rank 1.
+    assert kept["1"]["ndcg@10"] == pytest.approx(1 / L3) and kept["2"]["ndcg@10"] == 1.0
+    # Dropped (BEIR): q1's unrelated "1" goes and "7" moves up; q2 loses its relevant self-hit.
+    assert dropped["1"]["ndcg@10"] == 1.0 and dropped["2"]["ndcg@10"] == 0.0
+    assert metrics["other_protocol"]["identical_ids"] == "dropped"
+    assert metrics["other_protocol"]["ndcg@10"] == pytest.approx(0.5)
+    assert metrics["ndcg@10"] == pytest.approx((1 / L3 + 1) / 2)
+    again, _, _ = evaluate_protocols(run, qrels, ignore_identical_ids=True)
+    assert (again["identical_ids"], again["ndcg@10"], again["other_protocol"]["identical_ids"]) == ("dropped", 0.5, "kept")

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from colbench.errors import InputError
+from colbench.figures import plot_ablation
 from colbench.experiments import (
     experiments_table,
     load_experiments,
-    plot_ablation,
     save_experiments,
     scope_entries,
     table_from_file,

@@ -75,9 +75,3 @@ def test_damaged_index_is_refused(tmp_path, damage):
     with pytest.raises(InputError, match="rerun the index stage"):
         open_index(tmp_path / "i", store)
 
-
-@pytest.mark.parametrize("kwargs", [dict(space="hamming"), dict(storage="float16"), dict(M=1)])
-def test_bad_params_are_refused_before_work(tmp_path, kwargs):
-    with pytest.raises(InputError):
-        build_index(_store(tmp_path / "s"), tmp_path / "i", **kwargs)
-    assert not (tmp_path / "i").exists()

@@ -12,10 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_offline_study_run_names_each_missing_resource(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
     monkeypatch.setenv("COLBENCH_BEIR_CACHE", str(tmp_path / "beir"))
-    monkeypatch.setattr("colbench.preflight._reachable", lambda url, timeout: False)
+    monkeypatch.setattr("colbench.hub.reachable", lambda url, timeout=3.0: False)
     with pytest.raises(InputError) as info:
         check_resources(load_params(ROOT / "params.yaml"))
     message = str(info.value)
@@ -30,13 +29,22 @@ def test_the_demo_needs_no_network():
 
 
 def test_a_cached_beir_dataset_is_not_reported(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("COLBENCH_BEIR_CACHE", str(tmp_path / "beir"))
-    monkeypatch.setattr("colbench.preflight._reachable", lambda url, timeout: False)
+    monkeypatch.setattr("colbench.hub.reachable", lambda url, timeout=3.0: False)
     (tmp_path / "beir" / "scifact").mkdir(parents=True)
     (tmp_path / "beir" / "scifact" / "corpus.jsonl").write_text("{}\n")
     with pytest.raises(InputError) as info:
         check_resources(load_params(ROOT / "params.yaml"))
     assert "prepare.datasets.scifact" not in str(info.value)
     assert "prepare.datasets.fiqa" in str(info.value)
+
+
+def test_evaluating_a_checkpoint_needs_no_distillation_data_nor_base_model(monkeypatch, tmp_path):
+    from dataclasses import replace
+
+    study = load_params(ROOT / "params.yaml")
+    params = replace(study, train=replace(study.train, checkpoint="joe32140/ColModernBERT-base-msmarco-en-bge"))
+    needed = {r.param: r.name for r in remote_resources(params)}
+    assert needed["train.checkpoint"] == "joe32140/ColModernBERT-base-msmarco-en-bge"
+    assert not {"prepare.kd.source", "train.base_model", "train.eval.dataset"} & set(needed)

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
-from colbench import prepare
+from colbench import atomic, beir_data, hub, kd
 from colbench.errors import InputError
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -24,10 +24,6 @@ REV = "11e6ffa1d22f461579f451eb31bdc964244cb61f"
 HUB_FILES = {"train": "dataset.parquet", "queries": "english_queries.train.parquet",
              "documents": "english_collection.parquet"}
 
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 def fake_hub(monkeypatch):
@@ -66,7 +62,7 @@ def local_kd(tmp_path, fmt="parquet", edit=None):
 def test_hub_format_is_written_in_the_contract_schema(tmp_path, monkeypatch):
     fake_hub(monkeypatch)
     out = tmp_path / "kd"
-    manifest = prepare.prepare_kd("lightonai/ms-marco-en-bge", out, **kd_kwargs(revision=REV, max_samples=5))
+    manifest = kd.prepare_kd("lightonai/ms-marco-en-bge", out, **kd_kwargs(revision=REV, max_samples=5))
     train = pq.read_table(out / "train.parquet")
     assert train.schema == pa.schema([("query_id", pa.string()), ("document_ids", pa.list_(pa.string())),
                                       ("scores", pa.list_(pa.float64()))])
@@ -78,14 +74,14 @@ def test_hub_format_is_written_in_the_contract_schema(tmp_path, monkeypatch):
     assert set(docs["document_id"].to_pylist()) == referenced  # only referenced documents
     assert pq.read_table(out / "queries.parquet")["query_id"].to_pylist() == train["query_id"].to_pylist()
     assert manifest["revision"] == REV and manifest["n_train"] == 5 and manifest["n_documents"] == len(referenced)
-    assert prepare.check_kd_dir(out, n_ways_min=8) == json.loads((out / "manifest.json").read_text())
+    assert kd.check_kd_dir(out, n_ways_min=8) == json.loads((out / "manifest.json").read_text())
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
 def test_local_folder_matches_the_hub_result(tmp_path, monkeypatch, fmt):
     fake_hub(monkeypatch)
-    prepare.prepare_kd("lightonai/ms-marco-en-bge", tmp_path / "hub", **kd_kwargs())
-    prepare.prepare_kd(str(local_kd(tmp_path, fmt)), tmp_path / "local", **kd_kwargs())
+    kd.prepare_kd("lightonai/ms-marco-en-bge", tmp_path / "hub", **kd_kwargs())
+    kd.prepare_kd(str(local_kd(tmp_path, fmt)), tmp_path / "local", **kd_kwargs())
     for name in ("train", "queries", "documents"):
         assert pq.read_table(tmp_path / "local" / f"{name}.parquet").equals(
             pq.read_table(tmp_path / "hub" / f"{name}.parquet"))
@@ -140,7 +136,7 @@ def _int_ids(t):
 def test_bad_kd_input_is_refused_and_nothing_written(tmp_path, edit, needle):
     folder = local_kd(tmp_path, "parquet", edit)
     with pytest.raises(InputError, match=needle):
-        prepare.prepare_kd(str(folder), tmp_path / "kd", **kd_kwargs())
+        kd.prepare_kd(str(folder), tmp_path / "kd", **kd_kwargs())
     assert not (tmp_path / "kd").exists()
 
 
@@ -150,14 +146,14 @@ def test_corrupt_jsonl_line_is_named(tmp_path):
     lines[6] = lines[6][:20]  # a truncated line 7
     (folder / "train.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(InputError, match=r"train.jsonl:7: truncated or corrupt JSON"):
-        prepare.prepare_kd(str(folder), tmp_path / "kd", **kd_kwargs())
+        kd.prepare_kd(str(folder), tmp_path / "kd", **kd_kwargs())
 
 
 def test_offline_without_cache_names_the_dataset_and_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf" / "datasets"))
     with pytest.raises(InputError) as err:
-        prepare.prepare_kd("lightonai/ms-marco-en-bge", tmp_path / "kd", **kd_kwargs(revision=REV))
+        kd.prepare_kd("lightonai/ms-marco-en-bge", tmp_path / "kd", **kd_kwargs(revision=REV))
     message = str(err.value)
     assert "lightonai/ms-marco-en-bge" in message and REV in message
     assert "hf download --repo-type dataset" in message and "local folder" in message
@@ -166,7 +162,7 @@ def test_offline_without_cache_names_the_dataset_and_the_fix(tmp_path, monkeypat
 def test_unreachable_hub_goes_offline_instead_of_retrying(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)  # as imported without the variable
-    monkeypatch.setattr(prepare, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(hub, "reachable", lambda url, timeout=3.0: False)
     seen = {}
 
     def load(source, config, split, revision=None):
@@ -175,7 +171,7 @@ def test_unreachable_hub_goes_offline_instead_of_retrying(tmp_path, monkeypatch)
 
     monkeypatch.setattr(datasets, "load_dataset", load)
     with pytest.raises(InputError, match="offline and it is not in the Hugging Face cache"):
-        prepare.prepare_kd("lightonai/ms-marco-en-bge", tmp_path / "kd", **kd_kwargs())
+        kd.prepare_kd("lightonai/ms-marco-en-bge", tmp_path / "kd", **kd_kwargs())
     assert seen == {"train": True}
     assert datasets.config.HF_HUB_OFFLINE is False  # restored afterwards
 
@@ -184,22 +180,22 @@ def test_unreachable_hub_goes_offline_instead_of_retrying(tmp_path, monkeypatch)
 def test_revision_is_the_commit_the_cache_holds(tmp_path, monkeypatch, asked, cached, recorded):
     fake_hub(monkeypatch)
     # The datasets cache keeps a hub dataset under <config>/<version>/<commit sha>/.
-    monkeypatch.setattr(prepare, "_commit_of", lambda dataset: {cached})
+    monkeypatch.setattr(kd, "_commit_of", lambda dataset: {cached})
     if recorded is None:
         with pytest.raises(InputError, match=f"revision {REV} was asked for but the cache holds a{{40}}"):
-            prepare.prepare_kd("lightonai/ms-marco-en-bge", tmp_path / "kd", **kd_kwargs(revision=asked))
+            kd.prepare_kd("lightonai/ms-marco-en-bge", tmp_path / "kd", **kd_kwargs(revision=asked))
     else:
-        manifest = prepare.prepare_kd("lightonai/ms-marco-en-bge", tmp_path / "kd", **kd_kwargs(revision=asked))
+        manifest = kd.prepare_kd("lightonai/ms-marco-en-bge", tmp_path / "kd", **kd_kwargs(revision=asked))
         assert manifest["revision"] == recorded
 
 
 def test_check_kd_dir_catches_an_edited_file(tmp_path, monkeypatch):
     fake_hub(monkeypatch)
-    prepare.prepare_kd("lightonai/ms-marco-en-bge", tmp_path / "kd", **kd_kwargs())
+    kd.prepare_kd("lightonai/ms-marco-en-bge", tmp_path / "kd", **kd_kwargs())
     table = pq.read_table(tmp_path / "kd" / "queries.parquet").slice(0, 3)
     pq.write_table(table, tmp_path / "kd" / "queries.parquet")
     with pytest.raises(InputError, match="does not match its sha256"):
-        prepare.check_kd_dir(tmp_path / "kd")
+        kd.check_kd_dir(tmp_path / "kd")
 
 
 # -------------------------------------------------------------------------------------- BEIR
@@ -207,7 +203,7 @@ def test_check_kd_dir_catches_an_edited_file(tmp_path, monkeypatch):
 
 def test_beir_folder_is_copied_with_queries_without_qrels_dropped(tmp_path):
     out = tmp_path / "scifact"
-    manifest = prepare.prepare_beir("tiny", str(BEIR), out)
+    manifest = beir_data.prepare_beir("tiny", str(BEIR), out)
     queries = [json.loads(line) for line in (out / "queries.jsonl").read_text().splitlines()]
     assert [q["_id"] for q in queries] == ["q1", "q2", "q3"]
     assert manifest["n_queries_dropped_without_qrels"] == 1 and manifest["n_documents"] == 5
@@ -215,7 +211,7 @@ def test_beir_folder_is_copied_with_queries_without_qrels_dropped(tmp_path):
     assert corpus[4] == {"_id": "d5", "title": "Bees",
                          "text": "Honey bees make honey from flower nectar. Café owners love it."}
     assert (out / "qrels" / "test.tsv").read_text() == (BEIR / "qrels" / "test.tsv").read_text()
-    assert prepare.check_beir_dir(out)["n_queries"] == 3
+    assert beir_data.check_beir_dir(out)["n_queries"] == 3
 
 
 def _copy_beir(tmp_path):
@@ -243,13 +239,13 @@ def test_bad_beir_folder_is_refused(tmp_path, file, content, needle):
     # latin-1 writes the one non-UTF-8 byte case as a real 0xE9 byte.
     (folder / file).write_bytes(content.encode("latin-1"))
     with pytest.raises(InputError, match=needle):
-        prepare.prepare_beir("tiny", str(folder), tmp_path / "out")
+        beir_data.prepare_beir("tiny", str(folder), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
 def test_missing_split_lists_the_splits_there(tmp_path):
     with pytest.raises(InputError, match=r"qrels/dev.tsv \(splits here: \['test'\]\)"):
-        prepare.prepare_beir("tiny", str(BEIR), tmp_path / "out", split="dev")
+        beir_data.prepare_beir("tiny", str(BEIR), tmp_path / "out", split="dev")
 
 
 def _serve_zip(tmp_path, monkeypatch, calls):
@@ -272,8 +268,8 @@ def test_download_path_uses_the_beir_url_and_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("COLBENCH_BEIR_CACHE", str(tmp_path / "cache"))
     calls = []
     _serve_zip(tmp_path, monkeypatch, calls)
-    manifest = prepare.prepare_beir("tiny", "tiny", tmp_path / "a")
-    prepare.prepare_beir("tiny", "tiny", tmp_path / "b")  # second time: the cached folder is reused
+    manifest = beir_data.prepare_beir("tiny", "tiny", tmp_path / "a")
+    beir_data.prepare_beir("tiny", "tiny", tmp_path / "b")  # second time: the cached folder is reused
     assert calls == ["https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/tiny.zip"]
     assert manifest["url"] == calls[0] and (tmp_path / "cache" / "tiny" / "corpus.jsonl").is_file()
     assert (tmp_path / "a" / "corpus.jsonl").read_bytes() == (tmp_path / "b" / "corpus.jsonl").read_bytes()
@@ -293,7 +289,7 @@ def test_failed_download_names_the_url_and_leaves_no_partial_zip(tmp_path, monke
 
     monkeypatch.setattr(beir.util, "download_url", download_url)
     with pytest.raises(InputError) as err:
-        prepare.prepare_beir("fiqa", "fiqa", tmp_path / "out")
+        beir_data.prepare_beir("fiqa", "fiqa", tmp_path / "out")
     assert "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/fiqa.zip" in str(err.value)
     assert "local BEIR folder" in str(err.value)
     assert list((tmp_path / "cache").iterdir()) == []
@@ -320,11 +316,11 @@ def test_builtin_kd_and_beir_share_a_corpus_with_disjoint_queries_and_repeat_byt
     options = {"n_documents": 24, "n_eval_queries": 6, "n_train_queries": 8, "n_candidates": 4,
                "stdlib_dir": str(tmp_path / "lib")}
     kw = {"revision": None, "max_samples": None, "seed": 5, "n_ways_min": 4, "builtin_options": options}
-    prepare.prepare_kd("builtin:python-docs", tmp_path / "kd1", **kw)
-    prepare.prepare_kd("builtin:python-docs", tmp_path / "kd2", **kw)
+    kd.prepare_kd("builtin:python-docs", tmp_path / "kd1", **kw)
+    kd.prepare_kd("builtin:python-docs", tmp_path / "kd2", **kw)
     for name in ("train.parquet", "queries.parquet", "documents.parquet", "manifest.json"):
         assert (tmp_path / "kd1" / name).read_bytes() == (tmp_path / "kd2" / name).read_bytes()
-    prepare.prepare_beir("pydocs", "builtin:python-docs", tmp_path / "ev", seed=5, builtin_options=options)
+    beir_data.prepare_beir("pydocs", "builtin:python-docs", tmp_path / "ev", seed=5, builtin_options=options)
     corpus = {json.loads(x)["_id"] for x in (tmp_path / "ev" / "corpus.jsonl").read_text().splitlines()}
     eval_q = {json.loads(x)["_id"] for x in (tmp_path / "ev" / "queries.jsonl").read_text().splitlines()}
     train = pq.read_table(tmp_path / "kd1" / "train.parquet")
@@ -332,11 +328,11 @@ def test_builtin_kd_and_beir_share_a_corpus_with_disjoint_queries_and_repeat_byt
     assert not eval_q & set(train["query_id"].to_pylist())
     kd_docs = set(pq.read_table(tmp_path / "kd1" / "documents.parquet")["document_id"].to_pylist())
     assert kd_docs <= corpus
-    prepare.check_kd_dir(tmp_path / "kd1", n_ways_min=4)
-    prepare.check_beir_dir(tmp_path / "ev")
+    kd.check_kd_dir(tmp_path / "kd1", n_ways_min=4)
+    beir_data.check_beir_dir(tmp_path / "ev")
 
 
 def test_builtin_with_too_few_candidates_for_n_ways_is_refused(tmp_path):
     with pytest.raises(InputError, match="n_candidates"):
-        prepare.prepare_kd("builtin:python-docs", tmp_path / "kd",
+        kd.prepare_kd("builtin:python-docs", tmp_path / "kd",
                            **kd_kwargs(n_ways_min=32, builtin_options={"n_candidates": 16}))

@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from colbench import report
+from colbench import figures, report
+from colbench.training_curve import plot_training
 from colbench.costs import measure
 from colbench.errors import InputError
 
@@ -93,14 +94,14 @@ def _log(with_eval):
 @pytest.mark.parametrize(
     "draw",
     [
-        lambda p: report.plot_training(_log(True), p),
-        lambda p: report.plot_training(_log(False), p),
-        lambda p: report.plot_tradeoff([{"setting": ef, "qps": 100 / ef, "ndcg@10": 0.6, "recall@100": 0.8}
+        lambda p: plot_training(_log(True), p),
+        lambda p: plot_training(_log(False), p),
+        lambda p: figures.plot_tradeoff([{"setting": ef, "qps": 100 / ef, "ndcg@10": 0.6, "recall@100": 0.8}
                                         for ef in (16, 64)], p, study_setting=64),
-        lambda p: report.plot_costs(pd.DataFrame({"stage": ["train"], "dataset": [""], "unit": ["steps"],
+        lambda p: figures.plot_costs(pd.DataFrame({"stage": ["train"], "dataset": [""], "unit": ["steps"],
                                                   "items": [2], "wall_s": [4.0], "items_per_s": [0.5],
                                                   "peak_rss_mb": [np.nan]}), p),
-        lambda p: report.plot_study(pd.DataFrame({"dataset": ["a", "b"], "ndcg@10": [40.0, 70.0],
+        lambda p: figures.plot_study(pd.DataFrame({"dataset": ["a", "b"], "ndcg@10": [40.0, 70.0],
                                                   "ci_low": [38.0, 68.0], "ci_high": [42.0, 72.0],
                                                   "published": [39.9, np.nan],
                                                   "reproduced": pd.array([True, pd.NA], dtype="boolean")}), p),
@@ -115,7 +116,7 @@ def test_plots_write_png(tmp_path, draw):
 
 def test_plot_training_needs_loss_entries(tmp_path):
     with pytest.raises(InputError, match="no entries with 'step' and 'loss'"):
-        report.plot_training([{"step": 1, "eval_x_ndcg@10": 0.1}], tmp_path / "t.png")
+        plot_training([{"step": 1, "eval_x_ndcg@10": 0.1}], tmp_path / "t.png")
 
 
 def test_export_html_and_index(tmp_path):
@@ -128,7 +129,7 @@ def test_export_html_and_index(tmp_path):
     text = html.read_text()
     assert "Evaluate scifact" in text and "<style" in text  # CSS embedded: readable offline
 
-    report.plot_tradeoff([{"setting": 1, "qps": 1.0, "ndcg@10": 0.5, "recall@100": 0.7}], reports / "figures" / "t.png")
+    figures.plot_tradeoff([{"setting": 1, "qps": 1.0, "ndcg@10": 0.5, "recall@100": 0.7}], reports / "figures" / "t.png")
     report.write_csv(pd.DataFrame({"a": [1]}), reports / "tables" / "costs.csv")
     headline = pd.DataFrame({"dataset": ["scifact"], "ndcg@10": [73.1]})
     ablations = pd.DataFrame({"experiment": ["main", "lr-half"], "role": ["baseline", "experiment"],
@@ -142,3 +143,19 @@ def test_export_html_and_index(tmp_path):
 
     with pytest.raises(InputError, match="missing.ipynb does not exist"):
         report.export_html([tmp_path / "missing.ipynb"], reports)
+
+
+def test_the_study_table_shows_the_other_identical_id_protocol_and_what_it_removes():
+    from colbench.evaluate import evaluate_protocols
+
+    qrels = {"1": {"7": 1}, "2": {"2": 1}}
+    run = {"1": {"1": 0.9, "7": 0.8}, "2": {"2": 0.9, "5": 0.1}}
+    metrics, kept, dropped = evaluate_protocols(run, qrels, ignore_identical_ids=False)
+    table = report.study_table({"fiqa": metrics}, {"fiqa": kept}, {"fiqa": 70.0}, other_per_query={"fiqa": dropped},
+                               samples=100, seed=0)
+    row = table.iloc[0]
+    assert (row["identical_ids"], row["other_protocol"], row["self_hits"]) == ("kept", "dropped", 2)
+    assert row["ndcg@10"] == pytest.approx(100 * metrics["ndcg@10"]) and row["other_ndcg@10"] == pytest.approx(50.0)
+    summary = report.reproduction_summary(table, "study")
+    assert "identical ids kept" in summary and "With identical ids dropped: 50.00" in summary
+    assert "Hits removed: 0 by the reported protocol, 2 by the other." in summary

@@ -6,7 +6,8 @@ import torch
 
 from colbench.errors import InputError
 from colbench.index import build_index, open_index
-from colbench.retrieve import _max_over_tokens, read_trec, search, write_trec
+from colbench.retrieve import _max_over_tokens, search
+from colbench.runs import read_trec, write_trec
 from colbench.store import open_store, write_store
 
 
@@ -159,7 +160,7 @@ def test_hnsw_finds_the_exact_top_k_on_clustered_vectors(tmp_path):
             assert approx[q][did] == pytest.approx(exact[q][did], abs=1e-5)
 
 
-@pytest.mark.parametrize("case", ["empty_query", "no_index", "other_store_index", "dim", "model", "mode", "dtype", "k"])
+@pytest.mark.parametrize("case", ["empty_query", "no_index", "other_store_index", "dim", "model"])
 def test_bad_input_is_refused(tmp_path, case):
     docs = make_store(tmp_path / "d", ["a", "b"], [[[1, 0], [0, 1]], [[1, 1]]])
     other = make_store(tmp_path / "o", ["a", "c"], [[[1, 0], [0, 1]], [[1, 1]]])
@@ -175,14 +176,9 @@ def test_bad_input_is_refused(tmp_path, case):
         queries = make_store(tmp_path / "q3", ["q"], [[[1, 0, 0]]])
     elif case == "model":
         queries = make_store(tmp_path / "q4", ["q"], [[[1, 0]]], meta={"model": "another"})
-    elif case in ("mode", "dtype"):
-        kwargs[case] = "fast"
-    elif case == "k":
-        kwargs["k"] = 0
     with pytest.raises(InputError, match={"empty_query": "q2", "no_index": "needs an index",
                                           "other_store_index": "another store", "dim": "dimension",
-                                          "model": "different models", "mode": "mode", "dtype": "dtype",
-                                          "k": "k=0"}[case]):
+                                          "model": "different models"}[case]):
         search(queries, docs, **kwargs)
 
 

@@ -1,13 +1,15 @@
-"""Atomic outputs: write to a temporary sibling, then rename into place.
+"""Atomic outputs: write to a temporary sibling, then rename into place; checksummed folders.
 
 An interrupted stage must never leave a partial output that DVC or the next stage mistakes for a
 complete one. A rename within one filesystem is atomic, so readers see either the old output or the
-new one, never half of it.
+new one, never half of it. A prepared data folder carries a ``manifest.json`` with the sha256 of every
+file (`write_manifest`), so that a folder edited or damaged afterwards is refused (`verify_manifest`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -15,6 +17,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from colbench.errors import InputError
 
 
 @contextlib.contextmanager
@@ -74,6 +78,59 @@ def write_text(path: str | Path, text: str) -> None:
 def read_json(path: str | Path) -> Any:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checksums(folder: Path) -> dict[str, str]:
+    """sha256 of every file below ``folder`` but its manifest, by posix path relative to it."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json")
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in files}
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write ``folder/manifest.json``: ``manifest`` plus the checksums of the folder's files; returns it."""
+    manifest = {**manifest, "sha256": checksums(folder)}
+    # Plain write: the folder itself is still the temporary one of atomic_dir.
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+def verify_manifest(folder: Path) -> dict[str, Any]:
+    """The manifest of a prepared folder, after checking every file it lists against its sha256."""
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        raise InputError(f"{manifest_path} is missing: the folder was not written by the prepare stage; rerun it")
+    manifest = read_json(manifest_path)
+    for rel, expected in manifest.get("sha256", {}).items():
+        path = folder / rel
+        if not path.is_file():
+            raise InputError(f"{path} is listed in {manifest_path} but missing; rerun the prepare stage")
+        if sha256_file(path) != expected:
+            raise InputError(f"{path} does not match its sha256 in {manifest_path} (edited?); rerun the prepare stage")
+    return manifest
+
+
+def write_png(fig, path: str | Path) -> Path:
+    """Write a matplotlib figure as a 120-dpi PNG at ``path`` (atomically) and close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    with atomic_file(path, "wb") as handle:
+        handle.write(buffer.getvalue())
+    return Path(path)
 
 
 def _jsonable(value: Any) -> Any:

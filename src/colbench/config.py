@@ -39,16 +39,21 @@ class Base:
 
 
 @dataclass(frozen=True)
-class Paths:
-    code: str
-    kd: str
-    datasets: str
-    model: str
-    checkpoints: str
-    embeddings: str
-    indexes: str
-    runs: str
-    reports: str
+class Layout:
+    """Where each stage writes, relative to the pipeline's folder (the one holding its params.yaml): the
+    outputs dvc.yaml declares for every stage."""
+
+    kd: str = "data/kd"  # prepared distillation set (ms-marco-en-bge schema, parquet)
+    datasets: str = "data/datasets"  # prepared BEIR evaluation sets, one folder each
+    model: str = "models/colbert"  # the evaluated checkpoint (trained here, or a pointer to an existing one)
+    checkpoints: str = "models/checkpoints"  # intermediate training checkpoints, kept for resuming
+    embeddings: str = "data/embeddings"  # token-embedding stores, one per dataset
+    indexes: str = "data/indexes"  # Voyager indexes, one per dataset
+    runs: str = "data/runs"  # TREC run files, one per dataset
+    reports: str = "reports"  # tables, figures, metrics, executed notebooks
+
+
+LAYOUT = Layout()
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,14 @@ class TrainEval:
 
 
 @dataclass(frozen=True)
+class Canary:
+    reference: Literal["study"] | None  # a published training curve (colbench/reference/), null: no check
+    tolerance: float = field(default=0.25, metadata=_check(lambda v: 0 < v < 1, "in (0, 1)"))
+    window: int = field(default=500, metadata=_positive())
+    from_step: int = field(default=500, metadata=_check(lambda v: v >= 0, ">= 0"))
+
+
+@dataclass(frozen=True)
 class Train:
     checkpoint: str | None
     base_model: str
@@ -127,6 +140,8 @@ class Train:
     distributed: Literal["none", "ddp"]
     num_processes: int = field(metadata=_positive())
     eval: TrainEval
+    init_checkpoint: str | None = None
+    canary: Canary | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +149,7 @@ class Encode:
     batch_size: int = field(metadata=_positive())
     dtype: Literal["float16", "float32"]
     autocast_bf16: bool
+    document_length: int | None = field(default=None, metadata=_check(lambda v: v > 0, "null or > 0"))
 
 
 @dataclass(frozen=True)
@@ -174,7 +190,6 @@ class Report:
 @dataclass(frozen=True)
 class Params:
     base: Base
-    paths: Paths
     prepare: Prepare
     train: Train
     encode: Encode
@@ -190,8 +205,8 @@ class Params:
         return list(self.prepare.datasets)
 
     def path(self, name: str) -> Path:
-        """A path from the ``paths`` section, resolved against the params file's folder."""
-        return self.file.parent / getattr(self.paths, name)
+        """Where output ``name`` of `Layout` lives for this pipeline (relative to the params file's folder)."""
+        return self.file.parent / getattr(LAYOUT, name)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -225,6 +240,9 @@ def _cross_check(params: Params, source: Path) -> None:
         )
     if params.prepare.kd.source.startswith("builtin:") and not params.prepare.kd.teacher:
         raise InputError(f"{source}: prepare.kd.teacher is required with prepare.kd.source {params.prepare.kd.source}.")
+    if params.train.checkpoint and params.train.init_checkpoint:
+        raise InputError(f"{source}: train.checkpoint (evaluate it, train nothing) and train.init_checkpoint (train "
+                         "it further) are both set: keep one.")
     if params.train.distributed == "none" and params.train.num_processes != 1:
         raise InputError(f"{source}: train.num_processes is {params.train.num_processes} but train.distributed is none: set ddp.")
 

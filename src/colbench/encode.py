@@ -194,12 +194,6 @@ def encode_to_store(
     ids = [str(i) for i in ids]
     texts = list(texts)
     _validate(ids, texts, is_query)
-    if dtype not in DTYPES:
-        raise InputError(f"encode.dtype: expected one of {DTYPES}, got {dtype!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise InputError(f"encode.batch_size: expected a positive integer, got {batch_size!r}")
-    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size <= 0:
-        raise InputError(f"encode: shard_size must be a positive integer, got {shard_size!r}")
 
     use_bf16 = bool(autocast_bf16) and _bf16_supported(model.device)
     if autocast_bf16 and not use_bf16:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytrec_eval
 
 from colbench.errors import InputError
@@ -99,6 +100,43 @@ def evaluate_run(
     return aggregate, per_query
 
 
+PROTOCOL_METRICS = ("ndcg@10", "recall@100", "map@100", "mrr@10")
+
+
+def evaluate_protocols(
+    run: Run, qrels: Qrels, *, k_values: Iterable[int] = (1, 10, 100), ignore_identical_ids: bool
+) -> tuple[dict[str, Any], dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Score ``run`` under the reported identical-id protocol and under the other one.
+
+    The study's numbers come from PyLate's evaluation, which keeps a hit whose document id equals its query
+    id; BEIR's drops it. Returns ``(metrics, per_query, other_per_query)``: ``metrics`` is the aggregate of
+    :func:`evaluate_run` under ``ignore_identical_ids`` plus ``identical_ids`` ("kept" or "dropped"),
+    ``self_hits`` (hits in the run whose document id equals the query id: what dropping removes) and
+    ``other_protocol`` (the same for the other policy, with the ``PROTOCOL_METRICS``); the per-query dicts
+    belong to the reported and the other protocol.
+    """
+    metrics, per_query = evaluate_run(run, qrels, k_values=k_values, ignore_identical_ids=ignore_identical_ids)
+    other, other_per_query = evaluate_run(run, qrels, k_values=k_values, ignore_identical_ids=not ignore_identical_ids)
+    policy = {True: "dropped", False: "kept"}
+    metrics = {**metrics, "identical_ids": policy[ignore_identical_ids],
+               "self_hits": sum(1 for qid, hits in run.items() if qid in qrels and qid in hits),
+               "other_protocol": {"identical_ids": policy[not ignore_identical_ids],
+                                  **{name: other[name] for name in PROTOCOL_METRICS}}}
+    return metrics, per_query, other_per_query
+
+
+def protocol_table(metrics: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per dataset of `evaluate_protocols`' metrics: the reported protocol's main metrics, its
+    identical-id policy and self-hits, then the other protocol's metrics (suffixed with its policy)."""
+    rows = {}
+    for name, m in metrics.items():
+        other = m["other_protocol"]
+        rows[name] = {"identical_ids": m["identical_ids"], **{k: m[k] for k in PROTOCOL_METRICS},
+                      "queries": m["queries"], "self_hits": m["self_hits"],
+                      **{f"{k} (ids {other['identical_ids']})": other[k] for k in PROTOCOL_METRICS}}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
 def load_qrels(path: str | Path) -> dict[str, dict[str, int]]:
     """Read a BEIR qrels file (tab-separated ``query-id  corpus-id  score``, with a header row).
 
@@ -146,10 +184,6 @@ def paired_bootstrap(
     Without ``b``: ``mean``, ``low``, ``high`` of a. With ``b``: the same for the per-query difference
     a - b over a's queries (b must contain all of them), plus ``mean_a`` and ``mean_b``.
     """
-    if samples < 1:
-        raise InputError(f"bootstrap samples must be >= 1, got {samples}")
-    if not 0 < confidence < 1:
-        raise InputError(f"confidence must lie in (0, 1), got {confidence}")
     qids = sorted(per_query_a)  # sorted: the resample depends only on the seed, not on dict order
     if not qids:
         raise InputError("no per-query values to bootstrap")
@@ -183,12 +217,7 @@ def paired_bootstrap(
 
 
 def _cutoffs(k_values: Iterable[int]) -> list[int]:
-    ks = set()
-    for k in k_values:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise InputError(f"evaluate.k_values must be positive integers, got {k!r}")
-        ks.add(int(k))
-    return sorted(ks | set(_ALWAYS_K))
+    return sorted({int(k) for k in k_values} | set(_ALWAYS_K))
 
 
 def _rank(qid: str, hits: Mapping[str, float], ignore_identical_ids: bool) -> list[str]:

@@ -102,52 +102,6 @@ def experiments_table(entries: list[dict[str, Any]], *, metrics: Iterable[str] =
     return table
 
 
-def plot_ablation(df: pd.DataFrame, path: str | Path, metric: str = "ndcg@10") -> Path:
-    """Grouped bars of ``metric`` (x100) per dataset, one bar per experiment, the baseline outlined.
-
-    The legend names each experiment with its params that differ from the rest (last key part).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from colbench.report import _save  # one PNG writer for every figure (atomic)
-
-    columns = [c for c in df.columns if str(c).startswith(f"{metric}/")]
-    if df.empty:  # no experiments yet: say how to make some rather than leave the figure out
-        fig, ax = plt.subplots(figsize=(7, 2))
-        ax.axis("off")
-        ax.text(0.5, 0.5, "No DVC experiments yet: run `make ablation`\n(dvc exp run --temp -S <param>=<value>)",
-                ha="center", va="center", fontsize=11)
-        return _save(fig, path)
-    if not columns:
-        raise InputError(f"no {metric!r} columns in the experiments table: do the metrics files contain it?")
-    params = df.attrs.get("params", [])
-    datasets = [c.split("/", 1)[1] for c in columns]
-    x = np.arange(len(columns))
-    width = 0.8 / len(df)
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.2 * len(columns) * max(1, len(df)) * 0.5 + 3), 4.8))
-    for i, (_, row) in enumerate(df.iterrows()):
-        values = 100 * row[columns].to_numpy(float)
-        settings = ", ".join(f"{p.split('.')[-1]}={row[p]}" for p in params if pd.notna(row[p]))
-        label = f"{row['experiment']} ({row['role']})" + (f": {settings}" if settings else "")
-        baseline = row["role"] == "baseline"
-        bars = ax.bar(x - 0.4 + width * (i + 0.5), values, width, label=label,
-                      edgecolor="black" if baseline else "none", linewidth=1.5 if baseline else 0,
-                      hatch="//" if baseline else None)
-        ax.bar_label(bars, labels=[f"{v:.1f}" if np.isfinite(v) else "" for v in values], fontsize=7, padding=1)
-    ax.set_xticks(x, datasets)
-    ax.set_xlabel("dataset")
-    ax.set_ylabel(f"{metric.upper()} (x100)")
-    ax.set_title(f"Ablations: {metric.upper()} per dataset")
-    ax.grid(axis="y", alpha=0.3)
-    ax.margins(y=0.15)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=1, frameon=False)
-    return _save(fig, path)
-
-
 def _exp_show(repo_dir: Path, dvc_exe: str, all_commits: bool) -> list[dict[str, Any]]:
     if not (repo_dir / ".dvc").is_dir():
         raise InputError(f"{repo_dir} is not a DVC repository (no .dvc folder): run `dvc init` there")
@@ -233,8 +187,8 @@ def save_experiments(pipeline_dir: str | Path, out: str | Path, dvc_exe: str = "
 
     The report reads this file instead of calling DVC itself: a stage that ran `dvc exp show` inside
     `dvc repro` would wait on the lock that repro holds. DVC lists the params and metrics files of every
-    pipeline of the repository (the study's and the demo's); only this pipeline's are kept, named relative
-    to its folder (see :func:`scope_entries`).
+    pipeline of the repository (the study's at the root and the demo's in demo/); only this pipeline's are
+    kept, named relative to its folder (see :func:`scope_entries`).
     """
     from colbench.atomic import write_json
 
@@ -260,8 +214,9 @@ def scope_entries(entries: list[dict[str, Any]], scope: str, others: Iterable[st
 
     def scoped(entry: Mapping[str, Any]) -> dict[str, Any]:
         out = dict(entry)
-        if entry.get("data"):
-            out["data"] = {**entry["data"], "params": files(entry["data"].get("params")),
+        if entry.get("data"):  # the report reads params and metrics; deps and outs records are dropped
+            out["data"] = {"rev": entry["data"].get("rev"), "timestamp": entry["data"].get("timestamp"),
+                           "params": files(entry["data"].get("params")),
                            "metrics": files(entry["data"].get("metrics"))}
         if entry.get("experiments"):
             out["experiments"] = [{**group, "revs": [scoped(r) for r in group.get("revs") or []]}
@@ -272,11 +227,12 @@ def scope_entries(entries: list[dict[str, Any]], scope: str, others: Iterable[st
 
 
 def _pipelines_under(pipeline_dir: Path, root: Path) -> list[str]:
-    """Folders below ``pipeline_dir`` with a dvc.yaml of their own, relative to ``root`` (hidden folders skipped)."""
+    """Pipeline folders below ``pipeline_dir`` (a params.yaml of their own, as demo/), relative to ``root``;
+    hidden folders and outputs (data, models, reports) are not searched."""
     found = []
     for folder, dirs, names in os.walk(pipeline_dir):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        if "dvc.yaml" in names and Path(folder) != pipeline_dir:
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in {"data", "models", "reports"}]
+        if "params.yaml" in names and Path(folder) != pipeline_dir:
             found.append(Path(folder).relative_to(root).as_posix())
     return found
 

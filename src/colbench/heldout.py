@@ -14,8 +14,8 @@ from pathlib import Path
 
 from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
 
-from colbench import encode, evaluate, retrieve
-from colbench.prepare import load_beir_folder
+from colbench import encode, evaluate, hub, retrieve, runs
+from colbench.beir_data import load_beir_folder
 from colbench.store import open_store
 
 
@@ -48,7 +48,7 @@ class HeldOutRetrievalEvaluator(BaseEvaluator):
                 stores[part] = open_store(Path(tmp) / part)
             run = retrieve.search(stores["queries"], stores["docs"], k=self.k, mode="exact", dtype="float32")
         if self.calls == 0 and self.baseline_run is not None:
-            retrieve.write_trec(run, self.baseline_run, tag="untrained")
+            runs.write_trec(run, self.baseline_run, tag="untrained")
         self.calls += 1
         metrics, _ = evaluate.evaluate_run(run, self.qrels, ignore_identical_ids=self.ignore_identical_ids)
         wanted = {m: metrics[m] for m in ("ndcg@10", "recall@100", "map@100", "mrr@10")}
@@ -57,18 +57,31 @@ class HeldOutRetrievalEvaluator(BaseEvaluator):
         return metrics
 
 
-def make_evaluator(dataset: str | None, *, datasets_dir: str | Path, split: str = "test",
-                   ignore_identical_ids: bool = True, baseline_runs: str | Path | None = None, batch_size: int = 32):
-    """The evaluator ``train.eval.dataset`` names: None, NanoBEIR (needs the hub) or a prepared dataset.
+def log_key(dataset: str, metric: str) -> str:
+    """The key under which the trainer logs ``metric`` of the evaluator `make_evaluator(dataset)` builds.
 
-    For a prepared dataset the untrained model's run is saved as ``<baseline_runs>/<dataset>.trec``.
+    NanoBEIR's evaluator names its mean over subsets ``NanoBEIR_mean`` and each metric after the model's
+    score function (``maxsim`` for a `MultiVectorEncoder`); ours uses the dataset's name alone.
+    """
+    return f"eval_NanoBEIR_mean_maxsim_{metric}" if dataset == "nanobeir" else f"eval_{dataset}_{metric}"
+
+
+def make_evaluator(dataset: str | None, *, datasets_dir: str | Path | None = None, split: str = "test",
+                   ignore_identical_ids: bool = True, baseline_runs: str | Path | None = None, batch_size: int = 32,
+                   nanobeir_source: str = hub.NANOBEIR, nanobeir_subsets: list[str] | None = None):
+    """The evaluator ``train.eval.dataset`` names: None, NanoBEIR or a prepared dataset.
+
+    NanoBEIR comes from ``nanobeir_source`` (the hub id, or a local copy in its layout), all subsets unless
+    ``nanobeir_subsets`` names some. For a prepared dataset the untrained model's run is saved as
+    ``<baseline_runs>/<dataset>.trec``.
     """
     if dataset is None:
         return None
     if dataset == "nanobeir":
         from sentence_transformers.multi_vector_encoder.evaluation import MultiVectorNanoBEIREvaluator
 
-        return MultiVectorNanoBEIREvaluator(batch_size=batch_size)
+        return MultiVectorNanoBEIREvaluator(dataset_names=nanobeir_subsets, dataset_id=nanobeir_source,
+                                            batch_size=batch_size)
     baseline = Path(baseline_runs) / f"{dataset}.trec" if baseline_runs else None
     return HeldOutRetrievalEvaluator(Path(datasets_dir) / dataset, name=dataset, split=split,
                                      ignore_identical_ids=ignore_identical_ids, baseline_run=baseline,

@@ -55,15 +55,6 @@ class TokenIndex:
         return self.token_doc[tokens.astype(np.int64)]
 
 
-def _check_params(space: str, M: int, ef_construction: int, storage: str) -> None:
-    if space not in SPACES:
-        raise InputError(f"index.space={space!r} is not one of {sorted(SPACES)}")
-    if storage not in STORAGES:
-        raise InputError(f"index.storage={storage!r} is not one of {sorted(STORAGES)} (Voyager has no float16)")
-    if M < 2 or ef_construction < 1:
-        raise InputError(f"index.M={M} must be >= 2 and index.ef_construction={ef_construction} >= 1")
-
-
 def build_index(store: EmbeddingStore, out_dir: str | Path, *, space: str = "cosine", M: int = 12,
                 ef_construction: int = 200, storage: str = "float32", seed: int = 42,
                 num_threads: int = 1) -> dict[str, Any]:
@@ -74,7 +65,6 @@ def build_index(store: EmbeddingStore, out_dir: str | Path, *, space: str = "cos
     change between runs. Pass ``-1`` (all cores) to build about twice as fast on two cores when that
     reproducibility is not needed.
     """
-    _check_params(space, M, ef_construction, storage)
     if store.n_tokens == 0:
         raise InputError(f"store {store.path}: no token vectors to index; rerun the encode stage")
     lengths = store.lengths

@@ -15,8 +15,8 @@ that is PyLate's loss). Two things PyLate does are not in it, so they are writte
   `"exclude"` is ST's behaviour. Queries are never skiplisted; with query expansion every query
   position is scored, so the query mask is all ones and both modes treat queries alike.
 
-The loss equals PyLate's only when features are built with the model's prompts and tasks
-(`model.preprocess(texts, prompt=model.prompts[task], task=task)`), as the trainer's collator does.
+The loss equals PyLate's only when the batch is tokenised with the model's prompts and tasks, which the
+trainer's collator does only when given them (`colbench.train.collator_prompts`).
 """
 
 from __future__ import annotations
@@ -24,9 +24,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from colbench.errors import InputError
-
-MASKED_POSITIONS = ("zero", "exclude")
 EPSILON = 1e-8  # PyLate's epsilon in the min-max denominator
 
 
@@ -38,10 +35,6 @@ class PyLateKDScores:
     """
 
     def __init__(self, *, normalize_scores: bool = True, masked_positions: str = "zero") -> None:
-        if masked_positions not in MASKED_POSITIONS:
-            raise InputError(
-                f"train.loss.masked_positions: expected one of {MASKED_POSITIONS}, got {masked_positions!r}"
-            )
         self.normalize_scores = bool(normalize_scores)
         self.masked_positions = masked_positions
         self.__name__ = f"pylate_kd_scores_{masked_positions}{'_normalized' if normalize_scores else ''}"
@@ -89,27 +82,6 @@ def build_kd_loss(
     """
     from sentence_transformers.multi_vector_encoder.losses import MultiVectorDistillKLDivLoss
 
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < float("inf"):
-        raise InputError(f"train.loss.temperature: expected a positive number, got {temperature!r}")
-    if not isinstance(normalize_scores, bool):
-        raise InputError(f"train.loss.normalize_scores: expected true or false, got {normalize_scores!r}")
-    if teacher_temperature is not None and (isinstance(teacher_temperature, bool) or not 0 < teacher_temperature < float("inf")):
-        raise InputError(f"train.loss.teacher_temperature: expected null or a positive number, got {teacher_temperature!r}")
     scores = PyLateKDScores(normalize_scores=normalize_scores, masked_positions=masked_positions)
     return MultiVectorDistillKLDivLoss(model, similarity_fct=scores, temperature=float(temperature),
                                        teacher_temperature=None if teacher_temperature is None else float(teacher_temperature))
-
-
-def kd_features(model, queries: list[str], documents: list[list[str]]) -> list[dict[str, torch.Tensor]]:
-    """Loss inputs for `queries` and their candidate `documents` (one list of N per query), built with
-    the model's prompts and tasks as the trainer's collator does: `[query_features, doc_col_1, ...]`."""
-    n_ways = {len(docs) for docs in documents}
-    if len(n_ways) != 1 or len(documents) != len(queries):
-        raise InputError("kd batch: every query needs the same number of candidate documents")
-    features = [model.preprocess(queries, prompt=model.prompts.get("query"), task="query")]
-    for column in range(n_ways.pop()):
-        texts = [docs[column] for docs in documents]
-        features.append(model.preprocess(texts, prompt=model.prompts.get("document"), task="document"))
-    for feature, task in zip(features, ["query"] + ["document"] * (len(features) - 1)):
-        feature["task"] = task
-    return features

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import os
 import string
 from pathlib import Path
 from typing import Any
@@ -32,12 +31,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from colbench import hub
 from colbench.errors import InputError
 
-# Deferred imports of sentence_transformers / huggingface_hub keep `import colbench.model` cheap for
-# callers that only need `resolve_model_source`.
+# Deferred imports of sentence_transformers keep `import colbench.model` cheap for callers that only need
+# `resolve_model_source`.
 
-SKIPLISTS = ("punctuation", "none")
+SKIPLISTS = {"punctuation": string.punctuation, "none": ""}
 
 
 def resolve_model_source(name: str) -> str:
@@ -79,53 +79,9 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
 
 
-def _hub_offline() -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
-        return True
-    try:
-        from huggingface_hub import constants
-
-        return bool(constants.HF_HUB_OFFLINE)
-    except ImportError:  # pragma: no cover - huggingface_hub ships with sentence-transformers
-        return False
-
-
-def _local_snapshot(hub_id: str, what: str) -> str:
-    """A local folder holding hub model `hub_id`: from the HF cache, or downloaded when online.
-
-    Raises InputError (never hangs) when the id is neither cached nor downloadable.
-    """
-    from huggingface_hub import model_info, snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    how = (
-        f"download it on a machine with internet access (`hf download {hub_id}`) into the Hugging Face cache "
-        f"(HF_HOME) used here, or set the {what} param to a local folder"
-    )
-    try:
-        return snapshot_download(hub_id, local_files_only=True)
-    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
-        pass
-    if _hub_offline():
-        raise InputError(f"{what} {hub_id!r}: not a local folder and not in the Hugging Face cache while offline; {how}")
-    try:
-        # A bounded metadata call first: without network it fails in seconds instead of retrying.
-        info = model_info(hub_id, timeout=15)
-    except Exception as exc:  # noqa: BLE001 - any failure here means "cannot fetch it now"
-        raise InputError(
-            f"{what} {hub_id!r}: not a local folder, not cached, and the hub cannot serve it "
-            f"({type(exc).__name__}: {exc}); {how}"
-        ) from exc
-    # Only the PyTorch weights: model repos often also hold ONNX / OpenVINO / TF / Flax copies.
-    ignore = ["onnx/*", "openvino/*", "*.onnx", "*.h5", "*.msgpack", "*.ot", "coreml/*"]
-    if any(s.rfilename.endswith(".safetensors") for s in info.siblings or []):
-        ignore.append("*.bin")
-    return snapshot_download(hub_id, ignore_patterns=ignore)
-
-
 def _local_folder(name: str, what: str) -> str:
     source = resolve_model_source(name)
-    return source if Path(source).is_dir() else _local_snapshot(source, what)
+    return source if Path(source).is_dir() else hub.model_snapshot(source, what)
 
 
 def _transformer_folder(folder: str) -> str:
@@ -145,21 +101,8 @@ def _transformer_folder(folder: str) -> str:
 
 
 def _skiplist_words(skiplist: str | list[str]) -> list[str]:
-    if isinstance(skiplist, str):
-        if skiplist == "punctuation":
-            return list(string.punctuation)
-        if skiplist == "none":
-            return []
-        raise InputError(f"train.model.skiplist: expected one of {SKIPLISTS} or a list of tokens, got {skiplist!r}")
-    if isinstance(skiplist, (list, tuple)) and all(isinstance(w, str) for w in skiplist):
-        return list(skiplist)
-    raise InputError(f"train.model.skiplist: expected one of {SKIPLISTS} or a list of tokens, got {skiplist!r}")
-
-
-def _positive_int(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise InputError(f"train.model.{key}: expected a positive integer, got {value!r}")
-    return value
+    # params.yaml names a list ("punctuation" or "none", validated by colbench.config); callers may pass words.
+    return list(skiplist) if isinstance(skiplist, (list, tuple)) else list(SKIPLISTS[skiplist])
 
 
 def build_colbert(
@@ -188,9 +131,6 @@ def build_colbert(
     from sentence_transformers.multi_vector_encoder.modules import MultiVectorMask
     from transformers import AddedToken
 
-    embedding_dim = _positive_int(embedding_dim, "embedding_dim")
-    query_length = _positive_int(query_length, "query_length")
-    document_length = _positive_int(document_length, "document_length")
     words = _skiplist_words(skiplist)
     folder = _transformer_folder(_local_folder(base_model, "train.base_model"))
 
@@ -240,8 +180,31 @@ def build_colbert(
     return model
 
 
-def load_colbert(path_or_id: str, device: str | None = None):
+def colbert_settings(model) -> dict[str, Any]:
+    """The `train.model` settings a ColBERT was built with, read back from its modules (the names of
+    `build_colbert`'s keywords): what a loaded checkpoint fixes and params cannot change."""
+    transformer, mask = model[0], next((m for m in model if hasattr(m, "skiplist_words")), None)
+    expansion = transformer.query_expansion
+    words = list(getattr(mask, "skiplist_words", None) or [])
+    skiplist: str | list[str] = ("punctuation" if sorted(words) == sorted(string.punctuation)
+                                 else "none" if not words else words)
+    return {
+        "embedding_dim": int(model.get_embedding_dimension()),
+        "query_length": int(expansion["length"] if expansion else transformer.query_length),
+        "document_length": int(transformer.document_length),
+        "query_prefix": model.prompts.get("query", ""),
+        "document_prefix": model.prompts.get("document", ""),
+        "query_expansion": expansion is not None,
+        "attend_to_expansion_tokens": bool(expansion and expansion.get("attend")),
+        "skiplist": skiplist,
+    }
+
+
+def load_colbert(path_or_id: str, device: str | None = None, document_length: int | None = None):
     """Load a ColBERT checkpoint: one saved by this repo, a PyLate checkpoint, or a pointer folder.
+
+    ``document_length`` (params.yaml encode.document_length) overrides the tokens a document keeps, for
+    evaluating at another length than the model was trained with; None keeps the model's.
 
     A folder holding `checkpoint.json` = `{"checkpoint": "<hub id or path>"}` stands for that
     checkpoint (relative paths are taken relative to the pointer folder first). Hub ids are served
@@ -269,7 +232,7 @@ def load_colbert(path_or_id: str, device: str | None = None):
         relative = Path(source) / target
         current = str(relative) if not Path(target).is_absolute() and relative.exists() else target
 
-    folder = source if Path(source).is_dir() else _local_snapshot(source, "train.checkpoint")
+    folder = source if Path(source).is_dir() else hub.model_snapshot(source, "train.checkpoint")
     if not any((Path(folder) / name).is_file() for name in ("modules.json", "config_sentence_transformers.json")):
         raise InputError(
             f"{path_or_id!r} ({folder}) is not a ColBERT checkpoint: no modules.json or "
@@ -278,23 +241,30 @@ def load_colbert(path_or_id: str, device: str | None = None):
         )
     model = MultiVectorEncoder(folder, device=device, local_files_only=True)
     model.colbench_source = str(path_or_id)
+    if document_length is not None:
+        model[0].document_length = int(document_length)  # part of the module config: the fingerprint follows
     return model
+
+
+def parameter_sha256(model: torch.nn.Module) -> str:
+    """sha256 over every tensor of the model's state (parameters and buffers): name, dtype, shape and bytes,
+    in name order. Equal digests mean bit-identical weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        # Viewing as bytes works for every dtype (numpy has no bfloat16).
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 def model_fingerprint(model) -> dict[str, Any]:
     """A small dict identifying `model` for manifests.
 
-    `sha256`: over every parameter's name, dtype, shape and bytes (sorted by name), truncated to 16
-    hex characters; `config_sha256`: over the module configs and prompts (lengths, expansion,
-    skiplist...), which change embeddings without changing weights. Compare both to refuse mixing
-    models; `name` is informational (the same model may be loaded from two paths).
+    `sha256`: `parameter_sha256`, truncated to 16 hex characters; `config_sha256`: over the module configs
+    and prompts (lengths, expansion, skiplist...), which change embeddings without changing weights. Compare
+    both to refuse mixing models; `name` is informational (the same model may be loaded from two paths).
     """
-    digest = hashlib.sha256()
-    for name, param in sorted(model.named_parameters(), key=lambda item: item[0]):
-        tensor = param.detach().to("cpu").contiguous().reshape(-1)
-        digest.update(f"{name}|{tensor.dtype}|{tuple(param.shape)}|".encode())
-        # Viewing as bytes works for every dtype (numpy has no bfloat16).
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     config: dict[str, Any] = {"prompts": dict(sorted((getattr(model, "prompts", None) or {}).items()))}
     for index, module in enumerate(model):
         getter = getattr(module, "get_config_dict", None)
@@ -303,6 +273,6 @@ def model_fingerprint(model) -> dict[str, Any]:
     return {
         "name": str(getattr(model, "colbench_source", None) or getattr(model.model_card_data, "base_model", None) or ""),
         "embedding_dim": int(model.get_embedding_dimension()),
-        "sha256": digest.hexdigest()[:16],
+        "sha256": parameter_sha256(model)[:16],
         "config_sha256": config_digest[:16],
     }

@@ -7,17 +7,12 @@ and how to provide it, instead of failing with a stack trace halfway through the
 
 from __future__ import annotations
 
-import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
+from colbench import hub
 from colbench.config import Params
 from colbench.errors import InputError
-
-BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
-HUB_URL = "https://huggingface.co"
 
 
 @dataclass(frozen=True)
@@ -34,50 +29,26 @@ def is_local_or_builtin(source: str, base: Path) -> bool:
 
 
 def remote_resources(params: Params) -> list[Resource]:
-    """Every remote resource the params name, in pipeline order."""
+    """Every remote resource the params name, in pipeline order.
+
+    Evaluating an existing checkpoint (``train.checkpoint``) trains nothing: it needs neither the
+    distillation set, the base model nor the held-out evaluation set.
+    """
     base = params.file.parent
     found: list[Resource] = []
-    kd = params.prepare.kd.source
-    if not is_local_or_builtin(kd, base):
-        found.append(Resource("prepare.kd.source", "dataset", kd))
+    train = params.train
+    if not train.checkpoint and not is_local_or_builtin(params.prepare.kd.source, base):
+        found.append(Resource("prepare.kd.source", "dataset", params.prepare.kd.source))
     for name, dataset in params.prepare.datasets.items():
         if not is_local_or_builtin(dataset.source, base):
             found.append(Resource(f"prepare.datasets.{name}.source", "beir", dataset.source))
-    model_key, model = ("train.checkpoint", params.train.checkpoint) if params.train.checkpoint else (
-        "train.base_model",
-        params.train.base_model,
-    )
+    key = "train.checkpoint" if train.checkpoint else "train.init_checkpoint" if train.init_checkpoint else "train.base_model"
+    model = train.checkpoint or train.init_checkpoint or train.base_model
     if not is_local_or_builtin(model, base):
-        found.append(Resource(model_key, "model", model))
-    if params.train.eval.dataset == "nanobeir" and not params.train.checkpoint:
-        found.append(Resource("train.eval.dataset", "nanobeir", "NanoBEIR (zeta-alpha-ai/Nano*)"))
+        found.append(Resource(key, "model", model))
+    if train.eval.dataset == "nanobeir" and not train.checkpoint:
+        found.append(Resource("train.eval.dataset", "nanobeir", hub.NANOBEIR))
     return found
-
-
-def _in_hf_cache(resource: Resource, revision: str | None = None) -> bool:
-    from huggingface_hub import snapshot_download
-
-    repo_type = "dataset" if resource.kind == "dataset" else "model"
-    try:
-        snapshot_download(resource.name, repo_type=repo_type, revision=revision, local_files_only=True)
-        return True
-    except Exception:  # noqa: BLE001 - any failure here means "not cached"
-        return False
-
-
-def _in_beir_cache(name: str) -> bool:
-    cache = Path(os.environ.get("COLBENCH_BEIR_CACHE", Path.home() / ".cache" / "colbench" / "beir"))
-    return (cache / name / "corpus.jsonl").is_file()
-
-
-def _reachable(url: str, timeout: float) -> bool:
-    """A TCP connection to the host answers within ``timeout`` seconds (no request is sent)."""
-    host = urlparse(url).hostname
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _how_to_provide(resource: Resource) -> str:
@@ -93,7 +64,7 @@ def _how_to_provide(resource: Resource) -> str:
         )
     if resource.kind == "beir":
         return (
-            f"download {BEIR_URL.format(name=resource.name)}, unzip it, and set {resource.param} to that folder "
+            f"download {hub.BEIR_URL.format(name=resource.name)}, unzip it, and set {resource.param} to that folder "
             "(or put it in $COLBENCH_BEIR_CACHE)"
         )
     return f"set {resource.param} to a prepared dataset name, or null to skip the held-out evaluation"
@@ -105,23 +76,19 @@ def check_resources(params: Params, timeout: float = 5.0) -> list[Resource]:
     Honours ``HF_HUB_OFFLINE=1`` (the hub is then never contacted). Returns the resources checked.
     """
     resources = remote_resources(params)
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-    hub_up = beir_up = None
-    missing = []
-    for res in resources:
+    offline = hub.offline()
+    up: dict[str, bool] = {}  # server -> reachable, asked once
+
+    def available(res: Resource) -> bool:
         if res.kind == "beir":
-            if _in_beir_cache(res.name):
-                continue
-            beir_up = _reachable(BEIR_URL, timeout) if beir_up is None else beir_up
-            if not beir_up:
-                missing.append(res)
-            continue
+            return hub.beir_cached(res.name) or up.setdefault("beir", hub.reachable(hub.BEIR_URL, timeout))
         revision = params.prepare.kd.revision if res.param == "prepare.kd.source" else None
-        if res.kind != "nanobeir" and _in_hf_cache(res, revision):
-            continue
-        hub_up = (not offline and _reachable(HUB_URL, timeout)) if hub_up is None else hub_up
-        if not hub_up:
-            missing.append(res)
+        repo_type = "model" if res.kind == "model" else "dataset"
+        if hub.in_hf_cache(res.name, repo_type, revision):
+            return True
+        return not offline and up.setdefault("hub", hub.reachable(hub.hub_url(), timeout))
+
+    missing = [res for res in resources if not available(res)]
     if missing:
         where = "HF_HUB_OFFLINE=1 is set" if offline else "the network is unreachable"
         lines = [f"- {r.param} = {r.name}: {_how_to_provide(r)}." for r in missing]
@@ -131,3 +98,24 @@ def check_resources(params: Params, timeout: float = 5.0) -> list[Resource]:
             + "\nNothing was computed. The offline demo (`make demo`) needs none of them."
         )
     return resources
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m colbench.preflight [params.yaml]``: say whether every remote resource is at hand (exit 0) or
+    list what is missing and how to provide it (exit 2), before `dvc repro` starts anything."""
+    import sys
+
+    from colbench.config import load_params
+
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        params = load_params(argv[0] if argv else "params.yaml")
+        resources = check_resources(params)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"{params.file}: {len(resources)} remote resource(s), all reachable or cached")
+
+
+if __name__ == "__main__":
+    main()

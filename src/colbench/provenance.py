@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from colbench.atomic import read_json
+
 # Distributions whose versions decide the numbers this project produces.
 PACKAGES = (
     "torch",
@@ -114,3 +116,28 @@ def provenance(repo_dir: str | Path = ".") -> dict[str, Any]:
 def stable_part(record: dict[str, Any]) -> dict[str, Any]:
     """``record`` without the volatile keys (timestamps), for hashing or comparing runs."""
     return {key: value for key, value in record.items() if key not in VOLATILE_KEYS}
+
+
+def run_provenance(params) -> dict[str, Any]:
+    """What this run came from: seed, code revision, package versions, data and model revisions."""
+    def manifest(folder: Path) -> dict[str, Any]:
+        path = folder / "manifest.json"
+        return read_json(path) if path.is_file() else {}
+
+    kd = manifest(params.path("kd"))
+    model_dir = params.path("model")
+    model = read_json(model_dir / "colbench_train.json") if (model_dir / "colbench_train.json").is_file() else {}
+    pointer = read_json(model_dir / "checkpoint.json") if (model_dir / "checkpoint.json").is_file() else {}
+    record = provenance(params.file.parent.resolve())
+    return {
+        "seed": params.base.seed,
+        "git": record.get("git"),
+        "packages": record.get("packages"),
+        "hardware": record.get("hardware"),
+        "distillation_data": {"source": kd.get("source"), "revision": kd.get("revision"), "n_train": kd.get("n_train")},
+        "evaluation_data": {name: {k: manifest(params.path("datasets") / name).get(k) for k in ("source", "split", "url")}
+                            for name in params.datasets},
+        "model": pointer.get("checkpoint") or {"base_model": model.get("base_model"),
+                                               "parameter_sha256": model.get("parameter_sha256"),
+                                               "global_step": model.get("global_step")},
+    }

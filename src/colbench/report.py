@@ -1,29 +1,22 @@
-"""Tables, figures and the index page of the report notebook. Every file is written atomically.
-
-Tables are pandas DataFrames; figures are matplotlib PNGs with labelled axes and units, the study's
-values marked. Nothing here reads params.yaml: the notebook passes the values in.
+"""The report's tables (pandas DataFrames, Markdown and CSV), its summaries, the executed notebooks as HTML
+and the index page (``reports/README.md``). Every file is written atomically; figures are in
+`colbench.figures`. Nothing here reads params.yaml but `main`: the notebook passes the values in.
 """
 
 from __future__ import annotations
 
-import io
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")  # files only; a notebook's inline display is not needed to save PNGs
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from colbench.atomic import atomic_file, read_json, write_text  # noqa: E402
-from colbench.errors import InputError  # noqa: E402
-from colbench.evaluate import paired_bootstrap  # noqa: E402
+from colbench.atomic import atomic_file, read_json, write_text
+from colbench.errors import InputError
+from colbench.evaluate import paired_bootstrap
 
 STAGE_ORDER = ("prepare", "train", "encode", "index", "retrieve", "evaluate", "report")
 _COST_KEYS = ("stage", "unit", "items", "wall_s")
@@ -33,10 +26,11 @@ _COST_KEYS = ("stage", "unit", "items", "wall_s")
 
 
 def study_table(
-    metrics: Mapping[str, Mapping[str, float]],
+    metrics: Mapping[str, Mapping[str, Any]],
     per_query: Mapping[str, Mapping[str, Mapping[str, float]]],
     reference: Mapping[str, float],
     *,
+    other_per_query: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
     samples: int = 1000,
     confidence: float = 0.95,
     seed: int = 42,
@@ -44,10 +38,14 @@ def study_table(
 ) -> pd.DataFrame:
     """One row per dataset of ``metrics``: this run's ``metric`` x100 against the published value.
 
-    Columns: ``dataset``, ``queries``, ``ndcg@10`` (this run, x100), ``ci_low`` / ``ci_high`` (the
-    ``confidence`` percentile-bootstrap interval over this run's queries, x100), ``published`` (x100,
-    NaN where ``reference`` has no value), ``difference`` (run - published) and ``reproduced``: True
-    only where the published value lies inside the interval; <NA> where there is nothing to compare.
+    Columns: ``dataset``, ``queries``, ``identical_ids`` (the reported protocol: a hit whose id is the
+    query's "kept", as the study's PyLate evaluation did, or "dropped", as BEIR does), ``ndcg@10`` (this
+    run, x100), ``ci_low`` / ``ci_high`` (the ``confidence`` percentile-bootstrap interval over this run's
+    queries, x100), ``published`` (x100, NaN where ``reference`` has no value), ``difference`` (run -
+    published) and ``reproduced``: True only where the published value lies inside the interval; <NA> where
+    there is nothing to compare. With ``other_per_query`` (the evaluate stage's other protocol), the same
+    metric and interval under that protocol: ``other_protocol``, ``other_<metric>``, ``other_ci_low``,
+    ``other_ci_high``, and ``self_hits``, the hits dropping identical ids removes.
     """
     rows = []
     for dataset in metrics:
@@ -60,20 +58,29 @@ def study_table(
         published = reference.get(dataset)
         published = float("nan") if published is None else float(published)
         low, high = 100 * ci["low"], 100 * ci["high"]
-        rows.append(
-            {
-                "dataset": dataset,
-                "queries": ci["queries"],
-                metric: value,
-                "ci_low": low,
-                "ci_high": high,
-                "published": published,
-                "difference": value - published,
-                "reproduced": pd.NA if math.isnan(published) else bool(low <= published <= high),
-            }
-        )
-    table = pd.DataFrame(rows, columns=["dataset", "queries", metric, "ci_low", "ci_high", "published",
-                                        "difference", "reproduced"])
+        row = {
+            "dataset": dataset,
+            "queries": ci["queries"],
+            "identical_ids": metrics[dataset].get("identical_ids"),
+            metric: value,
+            "ci_low": low,
+            "ci_high": high,
+            "published": published,
+            "difference": value - published,
+            "reproduced": pd.NA if math.isnan(published) else bool(low <= published <= high),
+        }
+        if other_per_query is not None:
+            other = paired_bootstrap(other_per_query[dataset], metric=metric, samples=samples, confidence=confidence,
+                                     seed=seed)
+            row.update({"other_protocol": metrics[dataset]["other_protocol"]["identical_ids"],
+                        f"other_{metric}": 100 * other["mean"], "other_ci_low": 100 * other["low"],
+                        "other_ci_high": 100 * other["high"], "self_hits": metrics[dataset]["self_hits"]})
+        rows.append(row)
+    columns = ["dataset", "queries", "identical_ids", metric, "ci_low", "ci_high", "published", "difference",
+               "reproduced"]
+    if other_per_query is not None:
+        columns += ["other_protocol", f"other_{metric}", "other_ci_low", "other_ci_high", "self_hits"]
+    table = pd.DataFrame(rows, columns=columns)
     table["reproduced"] = table["reproduced"].astype("boolean")
     return table
 
@@ -186,153 +193,6 @@ def write_csv(df: pd.DataFrame, path: str | Path) -> Path:
     return Path(path)
 
 
-# ---------------------------------------------------------------------------------------- figures
-
-
-def plot_study(table: pd.DataFrame, path: str | Path, *, metric: str = "ndcg@10",
-               reference_label: str = "published") -> Path:
-    """Bar chart per dataset: this run's ``metric`` (x100) with its CI, next to the published value."""
-    x = np.arange(len(table))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(table) + 2), 4.5))
-    ours = table[metric].to_numpy(float)
-    err = np.vstack([ours - table["ci_low"].to_numpy(float), table["ci_high"].to_numpy(float) - ours])
-    bars = ax.bar(x - 0.2, ours, 0.4, yerr=err, capsize=4, label="this run (95 % CI)", color="tab:blue")
-    published = table["published"].to_numpy(float)
-    ref = ax.bar(x + 0.2, np.nan_to_num(published), 0.4, label=reference_label, color="tab:gray")
-    ax.bar_label(bars, labels=[f"{v:.1f}" for v in ours], padding=2, fontsize=8, label_type="center", color="white")
-    ax.bar_label(ref, labels=["" if math.isnan(v) else f"{v:.1f}" for v in published], padding=2, fontsize=8,
-                 label_type="center", color="white")
-    labels = []
-    for name, ok in zip(table["dataset"], table["reproduced"], strict=True):
-        verdict = "no reference" if ok is pd.NA else ("reproduced" if ok else "not reproduced")
-        labels.append(f"{name}\n({verdict})")
-    ax.set_xticks(x, labels)
-    ax.set_ylabel(f"{metric.upper()} (x100)")
-    ax.set_xlabel("BEIR dataset (test split)")
-    ax.set_title(f"{metric.upper()}: this run vs the {reference_label} value")
-    ax.set_ylim(0, max(100.0, np.nanmax(np.concatenate([table["ci_high"].to_numpy(float), published]))) * 1.05
-                if len(table) else 100)
-    ax.legend(loc="upper right")
-    ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
-
-
-def plot_costs(costs: pd.DataFrame, path: str | Path) -> Path:
-    """Two panels per stage (and dataset): wall time in seconds, and peak resident memory in MiB."""
-    labels = [f"{s}" + (f" / {d}" if d else "") for s, d in zip(costs["stage"], costs["dataset"], strict=True)]
-    y = np.arange(len(costs))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 1.0 + 0.45 * max(len(costs), 3)), sharey=True)
-    bars = left.barh(y, costs["wall_s"], color="tab:blue")
-    texts = [
-        f"{_num(w)} s" + (f", {_num(r)} {u}/s" if np.isfinite(r) else "")
-        for w, r, u in zip(costs["wall_s"], costs["items_per_s"], costs["unit"], strict=True)
-    ]
-    left.bar_label(bars, labels=texts, padding=3, fontsize=8)
-    left.set_xlabel("wall time (s)")
-    left.set_title("wall time and throughput")
-    left.margins(x=0.35)
-    mem = right.barh(y, costs["peak_rss_mb"].fillna(0), color="tab:orange")
-    right.bar_label(mem, labels=[f"{m:,.0f}" if np.isfinite(m) else "n/a" for m in costs["peak_rss_mb"]],
-                    padding=3, fontsize=8)
-    right.set_xlabel("peak resident memory (MiB)")
-    right.set_title("peak memory")
-    right.margins(x=0.2)
-    left.set_yticks(y, labels)
-    left.invert_yaxis()  # pipeline order top to bottom
-    for ax in (left, right):
-        ax.grid(axis="x", alpha=0.3)
-    return _save(fig, path)
-
-
-def plot_training(log: Sequence[Mapping[str, Any]], path: str | Path, *, checkpoint: str | None = None) -> Path:
-    """Training loss per step (raw and smoothed) with the learning rate on a second axis; a lower panel
-    with the held-out ``eval_*`` metrics (x100) per step when the log has any.
-
-    ``log`` is the trainer's log history: dicts with ``step`` and some of ``loss``, ``learning_rate``
-    and ``eval_...`` keys. With ``checkpoint`` (an existing checkpoint evaluated, nothing trained) and
-    an empty log, the figure says so.
-    """
-    train = [e for e in log if "loss" in e and "step" in e]
-    if not train and checkpoint and not log:
-        fig, ax = plt.subplots(figsize=(8, 1.6))
-        ax.axis("off")
-        ax.text(0.5, 0.5, f"No training in this run: it evaluates the existing checkpoint\n{checkpoint}",
-                ha="center", va="center", fontsize=11)
-        return _save(fig, path)
-    if not train:
-        raise InputError("training log has no entries with 'step' and 'loss': was training run with logging?")
-    evals = sorted({k for e in log for k in e if k.startswith("eval_") and _is_score_key(k)})
-    steps = np.array([e["step"] for e in train], float)
-    loss = np.array([e["loss"] for e in train], float)
-    rows = 2 if evals else 1
-    fig, axes = plt.subplots(rows, 1, figsize=(8, 3.6 * rows), sharex=True, squeeze=False)
-    ax = axes[0, 0]
-    ax.plot(steps, loss, color="tab:blue", alpha=0.3, lw=1, label="loss")
-    window = max(1, len(loss) // 10)
-    smooth = pd.Series(loss).rolling(window, min_periods=1).mean()
-    ax.plot(steps, smooth, color="tab:blue", lw=2, label=f"loss, mean of {window} logs")
-    ax.set_ylabel("training loss (KL divergence)")
-    ax.set_title("Training")
-    ax.grid(alpha=0.3)
-    handles, names = ax.get_legend_handles_labels()
-    lr = [(e["step"], e["learning_rate"]) for e in train if "learning_rate" in e]
-    if lr:
-        twin = ax.twinx()
-        twin.plot(*zip(*lr, strict=True), color="tab:red", lw=1.2, ls="--", label="learning rate")
-        twin.set_ylabel("learning rate", color="tab:red")
-        twin.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
-        more, more_names = twin.get_legend_handles_labels()
-        handles, names = handles + more, names + more_names
-    ax.legend(handles, names, loc="upper right", fontsize=8)
-    if evals:
-        ev = axes[1, 0]
-        for key in evals:
-            points = [(e["step"], 100 * float(e[key])) for e in log if key in e and "step" in e]
-            ev.plot(*zip(*points, strict=True), marker="o", label=key.removeprefix("eval_"))
-            ev.annotate(f"{points[-1][1]:.1f}", points[-1], textcoords="offset points", xytext=(4, 4), fontsize=8)
-        ev.margins(x=0.08, y=0.15)
-        ev.set_ylabel("held-out metric (x100)")
-        ev.legend(fontsize=8)
-        ev.grid(alpha=0.3)
-    axes[-1, 0].set_xlabel("optimizer step")
-    return _save(fig, path)
-
-
-def plot_tradeoff(
-    points: Sequence[Mapping[str, Any]], path: str | Path, *, study_setting: Any = None, setting_name: str = "ef"
-) -> Path:
-    """Queries per second against NDCG@10 and Recall@100 (x100) across search settings, one panel per dataset.
-
-    ``points`` are ``{setting, qps, ndcg@10, recall@100}`` with an optional ``dataset`` key;
-    ``study_setting`` (the configured value, e.g. its ef_search) is circled.
-    """
-    if not points:
-        raise InputError("no trade-off points to plot: run the ef_search sweep first")
-    datasets = list(dict.fromkeys(str(p.get("dataset", "")) for p in points))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 4.5), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets, strict=True):
-        pts = sorted((p for p in points if str(p.get("dataset", "")) == dataset), key=lambda p: float(p["qps"]))
-        qps = [float(p["qps"]) for p in pts]
-        for key, color in (("ndcg@10", "tab:blue"), ("recall@100", "tab:green")):
-            values = [100 * float(p[key]) for p in pts]
-            ax.plot(qps, values, marker="o", color=color, label=key.upper())
-            for p, q, v in zip(pts, qps, values, strict=True):
-                label = "exact" if p["setting"] == "exact" else f"{setting_name}={p['setting']}"
-                ax.annotate(label, (q, v), textcoords="offset points", xytext=(4, 5), fontsize=8)
-                if study_setting is not None and p["setting"] == study_setting:
-                    ax.plot(q, v, marker="o", ms=14, mfc="none", mec="black", mew=1.5)
-        if study_setting is not None:
-            ax.plot([], [], marker="o", ms=10, mfc="none", mec="black", ls="none",
-                    label=f"configured ({setting_name}={study_setting})")
-        ax.set_xlabel("throughput (queries/s)")
-        ax.set_ylabel("metric (x100)")
-        ax.set_title(f"Speed / quality trade-off{': ' + dataset if dataset else ''}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        ax.margins(x=0.15, y=0.1)
-    return _save(fig, path)
-
-
 # ------------------------------------------------------------------------------- html and index
 
 
@@ -397,24 +257,6 @@ def write_index(reports_dir: str | Path, headline: pd.DataFrame, html_files: Ite
 # ---------------------------------------------------------------------------------------- helpers
 
 
-def _save(fig: plt.Figure, path: str | Path) -> Path:
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    with atomic_file(path, "wb") as handle:
-        handle.write(buffer.getvalue())
-    return Path(path)
-
-
-def _num(value: float) -> str:
-    # Costs span orders of magnitude (0.25 steps/s to 13,000 vectors/s): keep about 3 significant digits.
-    value = float(value)
-    if abs(value) >= 100:
-        return f"{value:,.0f}"
-    return f"{value:.1f}" if abs(value) >= 1 else f"{value:.3g}"
-
-
 def _dataset_from_name(path: Path, stage: str) -> str:
     if path.parent.name == stage:
         return path.stem
@@ -422,11 +264,6 @@ def _dataset_from_name(path: Path, stage: str) -> str:
     if stem.startswith(stage) and len(stem) > len(stage):
         return stem[len(stage):].lstrip("-_@.")
     return ""
-
-
-def _is_score_key(key: str) -> bool:
-    # eval_* also holds loss, runtime and throughput: plot only retrieval scores.
-    return any(m in key for m in ("ndcg", "mrr", "map", "recall", "accuracy", "precision"))
 
 
 def _top(hits: Mapping[str, float], n: int) -> list[str]:
@@ -447,19 +284,27 @@ def _doc_label(corpus: Mapping[str, Any], doc: str) -> str:
 
 
 def reproduction_summary(table: pd.DataFrame, reference_label: str = "study", metric: str = "ndcg@10") -> str:
-    """One Markdown line per dataset: "reproduced" only where the published value lies inside the interval."""
+    """One Markdown line per dataset: "reproduced" only where the published value lies inside the interval,
+    then the other identical-id protocol's value and how many hits each protocol removed."""
     lines = []
-    for row in table.itertuples(index=False):
-        value, low, high = getattr(row, metric.replace("@", "_"), None), row.ci_low, row.ci_high
-        value = row[2] if value is None else value
-        if pd.isna(row.reproduced):
+    for row in table.to_dict("records"):
+        value, low, high = row[metric], row["ci_low"], row["ci_high"]
+        if pd.isna(row["reproduced"]):
             verdict = f"no {reference_label} value to compare with"
-        elif row.reproduced:
-            verdict = f"**reproduced**: the {reference_label} value {row.published:.2f} lies inside the interval"
+        elif row["reproduced"]:
+            verdict = f"**reproduced**: the {reference_label} value {row['published']:.2f} lies inside the interval"
         else:
-            verdict = (f"**not reproduced**: the {reference_label} value {row.published:.2f} lies outside the interval "
-                       f"({row.difference:+.2f} points)")
-        lines.append(f"- {row.dataset}: {metric} {value:.2f} (95 % CI {low:.2f}-{high:.2f}, {row.queries} queries); {verdict}.")
+            verdict = (f"**not reproduced**: the {reference_label} value {row['published']:.2f} lies outside the "
+                       f"interval ({row['difference']:+.2f} points)")
+        line = (f"- {row['dataset']}: {metric} {value:.2f} (95 % CI {low:.2f}-{high:.2f}, {row['queries']} queries, "
+                f"identical ids {row['identical_ids']}); {verdict}.")
+        if "other_protocol" in row:
+            removed = {"kept": 0, "dropped": row["self_hits"]}
+            line += (f" With identical ids {row['other_protocol']}: {row[f'other_{metric}']:.2f} (95 % CI "
+                     f"{row['other_ci_low']:.2f}-{row['other_ci_high']:.2f}). Hits removed: "
+                     f"{removed[row['identical_ids']]} by the reported protocol, "
+                     f"{removed[row['other_protocol']]} by the other.")
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -482,10 +327,9 @@ def per_query_against_baseline(params, dataset: str, metric: str = "ndcg@10") ->
     The baseline is the run file ``<params.report.baseline>/<dataset>.trec`` when that param is set,
     else the untrained model's run saved by the training stage; None when neither exists.
     """
-    from colbench.atomic import read_json
+    from colbench.beir_data import load_beir_folder
     from colbench.evaluate import evaluate_run, load_qrels
-    from colbench.prepare import load_beir_folder
-    from colbench.retrieve import read_trec
+    from colbench.runs import read_trec
 
     reports = params.path("reports")
     base_dir = (params.file.parent / params.report.baseline) if params.report.baseline else reports / "train" / "baseline_runs"
@@ -528,28 +372,3 @@ if __name__ == "__main__":
     main()
 
 
-def run_provenance(params) -> dict[str, Any]:
-    """What this run came from: seed, code revision, package versions, data and model revisions."""
-    from colbench.provenance import provenance
-
-    def manifest(folder: Path) -> dict[str, Any]:
-        path = folder / "manifest.json"
-        return read_json(path) if path.is_file() else {}
-
-    kd = manifest(params.path("kd"))
-    model_dir = params.path("model")
-    model = read_json(model_dir / "colbench_train.json") if (model_dir / "colbench_train.json").is_file() else {}
-    pointer = read_json(model_dir / "checkpoint.json") if (model_dir / "checkpoint.json").is_file() else {}
-    record = provenance(params.file.parent.resolve())
-    return {
-        "seed": params.base.seed,
-        "git": record.get("git"),
-        "packages": record.get("packages"),
-        "hardware": record.get("hardware"),
-        "distillation_data": {"source": kd.get("source"), "revision": kd.get("revision"), "n_train": kd.get("n_train")},
-        "evaluation_data": {name: {k: manifest(params.path("datasets") / name).get(k) for k in ("source", "split", "url")}
-                            for name in params.datasets},
-        "model": pointer.get("checkpoint") or {"base_model": model.get("base_model"),
-                                               "parameter_sha256": model.get("parameter_sha256"),
-                                               "global_step": model.get("global_step")},
-    }

@@ -27,12 +27,10 @@ from __future__ import annotations
 
 import math
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from colbench.atomic import atomic_file
 from colbench.errors import InputError
 from colbench.index import TokenIndex
 from colbench.store import EmbeddingStore
@@ -58,8 +56,7 @@ def search(query_store: EmbeddingStore, doc_store: EmbeddingStore, *, k: int = 1
     scores then differ from float32 by about 1e-2); sums are always float32. ``index`` (from
     :func:`colbench.index.open_index`) is required for ``mode="hnsw"``.
     """
-    _validate(query_store, doc_store, k=k, mode=mode, index=index, dtype=dtype, block_tokens=block_tokens,
-              ef_search=ef_search, tokens_per_query_token=tokens_per_query_token)
+    _validate(query_store, doc_store, mode=mode, index=index)
     n_scorable = int((doc_store.lengths > 0).sum())
     if k > n_scorable:
         warnings.warn(f"k={k} is larger than the {n_scorable} documents of {doc_store.path}: returning all of them",
@@ -73,14 +70,7 @@ def search(query_store: EmbeddingStore, doc_store: EmbeddingStore, *, k: int = 1
         return _search_hnsw(query_store, doc_store, index, k, ef_search, tokens_per_query_token, torch_dtype, id_rank)
 
 
-def _validate(query_store, doc_store, *, k, mode, index, dtype, block_tokens, ef_search, tokens_per_query_token):
-    if mode not in MODES:
-        raise InputError(f"retrieve.mode={mode!r} is not one of {MODES}")
-    if dtype not in DTYPES:
-        raise InputError(f"retrieve.maxsim_dtype={dtype!r} is not one of {sorted(DTYPES)}")
-    if int(k) < 1 or int(block_tokens) < 1 or int(ef_search) < 1 or int(tokens_per_query_token) < 1:
-        raise InputError(f"retrieve: k={k}, block_tokens={block_tokens}, ef_search={ef_search} and "
-                         f"tokens_per_query_token={tokens_per_query_token} must all be >= 1")
+def _validate(query_store, doc_store, *, mode, index):
     if query_store.dim != doc_store.dim:
         raise InputError(f"query store {query_store.path} has dimension {query_store.dim}, document store "
                          f"{doc_store.path} {doc_store.dim}: encode both with the same model")
@@ -257,43 +247,4 @@ def _search_hnsw(query_store, doc_store, index, k, ef_search, tokens_per_query_t
         scores = _score_sorted(vectors, offsets, lengths, cands, [q_tile], int(hi - lo), dtype)[:, 0]
         docs, vals = _top_k(scores.numpy(), cands, id_rank, k)
         run[qid] = {doc_store.ids[d]: float(v) for d, v in zip(docs, vals)}
-    return run
-
-
-def write_trec(run: dict[str, dict[str, float]], path: str | Path, tag: str) -> None:
-    """Write ``run`` as a TREC run file (``qid Q0 docid rank score tag``), ranked by score then doc id; atomic."""
-    if not tag or any(c.isspace() for c in tag):
-        raise InputError(f"TREC run tag {tag!r} must be a non-empty word without spaces")
-    with atomic_file(path, "w", encoding="utf-8") as out:
-        for qid, hits in run.items():
-            for ident in (qid, *hits):
-                if not ident or any(c.isspace() for c in ident):
-                    raise InputError(f"id {ident!r} (query {qid!r}) is empty or has whitespace: it cannot be "
-                                     f"written to the TREC run file {path}")
-            ranked = sorted(hits.items(), key=lambda item: (-item[1], item[0]))
-            for rank, (did, score) in enumerate(ranked, start=1):
-                out.write(f"{qid} Q0 {did} {rank} {score!r} {tag}\n")
-
-
-def read_trec(path: str | Path) -> dict[str, dict[str, float]]:
-    """Read a TREC run file written by :func:`write_trec` (or any 6-column run) into ``{qid: {docid: score}}``."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"run file {path} does not exist; rerun the retrieve stage")
-    run: dict[str, dict[str, float]] = {}
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            try:
-                qid, _, did, _, score, _ = parts
-                value = float(score)
-            except ValueError as exc:
-                raise InputError(f"run file {path}, line {line_no}: expected `qid Q0 docid rank score tag`, "
-                                 f"got {line.strip()!r}") from exc
-            hits = run.setdefault(qid, {})
-            if did in hits:
-                raise InputError(f"run file {path}, line {line_no}: document {did!r} listed twice for query {qid!r}")
-            hits[did] = value
     return run

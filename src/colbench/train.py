@@ -34,16 +34,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 import torch
 from transformers import TrainerCallback
 
 from colbench.atomic import atomic_dir, read_json, write_json
 from colbench.errors import InputError
-from colbench.prepare import check_kd
+from colbench.kd import kd_manifest, load_kd_dataset
+from colbench.model import parameter_sha256
 from colbench.provenance import provenance
 
-KD_FILES = ("train.parquet", "queries.parquet", "documents.parquet")  # columns: colbench.prepare.KD_COLUMNS
 CHECKPOINT_CONFIG = "colbench_checkpoints.json"
 CHECKPOINT_COMPLETE = "colbench_complete.json"
 TRAIN_RECORD = "colbench_train.json"
@@ -51,65 +50,6 @@ TRAIN_RECORD = "colbench_train.json"
 # left out of the config hash so that changing them does not throw checkpoints away.
 CADENCE_KEYS = ("logging_steps", "save_steps", "save_total_limit")
 LOG_KEYS = ("epoch", "loss", "learning_rate", "grad_norm")
-
-
-# --------------------------------------------------------------------------------------------- data
-def _read_table(folder: Path, name: str):
-    from datasets import Dataset
-
-    path = folder / name
-    if not path.is_file():
-        raise InputError(f"{path}: missing; a prepared KD folder holds {', '.join(KD_FILES)} (run the prepare stage).")
-    if pq.read_metadata(path).num_rows == 0:
-        # datasets cannot read a parquet file without rows (batch size 0); kept in memory, check_kd names it.
-        return Dataset(pq.read_table(path))
-    return Dataset.from_parquet(str(path))
-
-
-def load_kd_dataset(folder: str | Path, *, n_ways: int, max_samples: int | None = None):
-    """The prepared KD set as a `datasets.Dataset` of (query, document_1..document_{n_ways}, scores).
-
-    Reads ``train/queries/documents.parquet`` (ms-marco-en-bge schema) with `datasets`, keeps the
-    first ``max_samples`` rows and checks them with the prepare stage's `colbench.prepare.check_kd`
-    (``n_ways_min=n_ways``), so a folder edited after prepare is refused before training, naming the
-    id. That check covers whole rows: a non-finite score or an unknown document id beyond the first
-    ``n_ways`` candidates is refused too, although never trained on, because a prepared folder never
-    holds one (prepare refuses it) and its presence means the folder was damaged. ``n_ways`` must be
-    at least 2 (distillation compares candidates). Ids are resolved to texts lazily with
-    `sentence_transformers.util.resolve_ids` (``set_transform``: texts are joined per batch, so the
-    808k x 32 expanded texts never sit in memory or on disk). The first ``n_ways`` candidates are kept
-    as stored, scores truncated alike; ``scores`` is the label column the collator and
-    `MultiVectorDistillKLDivLoss` expect (query first, then the documents, positionally).
-    """
-    from sentence_transformers.util import resolve_ids
-
-    if n_ways < 2:
-        raise InputError(f"loss.n_ways={n_ways}: distillation needs at least 2 candidates per query.")
-    folder = Path(folder)
-    train = _read_table(folder, "train.parquet")
-    queries = _read_table(folder, "queries.parquet")
-    documents = _read_table(folder, "documents.parquet")
-    if max_samples is not None:
-        if max_samples < 1:
-            raise InputError(f"max_samples={max_samples}: must be a positive integer or null.")
-        train = train.select(range(min(max_samples, train.num_rows)))
-    tables = {"train": train.with_format("arrow")[:], "queries": queries.data.table, "documents": documents.data.table}
-    check_kd(tables, n_ways_min=n_ways, where=f"prepared KD folder {folder} (rerun prepare if it was edited)")
-    train = train.select_columns(["query_id", "document_ids", "scores"])
-    queries = queries.select_columns(["query_id", "text"])
-    documents = documents.select_columns(["document_id", "text"])
-    train.set_transform(
-        resolve_ids({"query_id": queries, "document_ids": documents}, keep_columns=["scores"], max_list_length=n_ways)
-    )
-    return train
-
-
-def kd_manifest(folder: str | Path) -> dict[str, Any]:
-    """The prepare stage's ``manifest.json`` (source, revision, counts); `InputError` if absent."""
-    path = Path(folder) / "manifest.json"
-    if not path.is_file():
-        raise InputError(f"{path}: missing; the prepare stage writes it beside the KD parquet files.")
-    return read_json(path)
 
 
 # ---------------------------------------------------------------------------------------- arguments
@@ -121,9 +61,6 @@ def resolve_precision(bf16: bool | str, tf32: bool | str) -> tuple[bool, bool | 
     ``None`` meaning "leave torch's default".
     """
     cuda = torch.cuda.is_available()
-    for name, value in (("bf16", bf16), ("tf32", tf32)):
-        if value not in ("auto", True, False):
-            raise InputError(f"train.args.{name}={value!r}: use auto, true or false.")
     use_bf16 = (cuda and torch.cuda.is_bf16_supported()) if bf16 == "auto" else bool(bf16)
     if tf32 == "auto":
         use_tf32: bool | None = True if cuda and torch.cuda.get_device_capability()[0] >= 8 else None
@@ -139,27 +76,22 @@ def training_arguments(
     *,
     output_dir: str | Path,
     seed: int,
+    prompts: dict[str, str] | None = None,
     eval_steps: int | None = None,
     with_evaluator: bool = False,
 ):
     """`MultiVectorEncoderTrainingArguments` from the study's ``train.args`` mapping.
 
     ``warmup_ratio`` becomes ``warmup_steps`` (transformers 5 takes a fraction there), bf16/tf32
-    go through `resolve_precision`; every other key must be a TrainingArguments field.
+    go through `resolve_precision`; every other key must be a TrainingArguments field. ``prompts``
+    (`collator_prompts`) is what the trainer's collator prepends to each column.
     """
     from sentence_transformers import MultiVectorEncoderTrainingArguments
 
     settings = dict(args)
     bf16, tf32 = resolve_precision(settings.pop("bf16", "auto"), settings.pop("tf32", "auto"))
     if "warmup_ratio" in settings:
-        ratio = settings.pop("warmup_ratio")
-        if not 0 <= ratio < 1:
-            raise InputError(f"train.args.warmup_ratio={ratio}: must be in [0, 1).")
-        settings["warmup_steps"] = ratio
-    fields = {field.name for field in dataclasses.fields(MultiVectorEncoderTrainingArguments)}
-    unknown = sorted(set(settings) - fields)
-    if unknown:
-        raise InputError(f"train.args: unknown trainer settings {unknown}; see transformers TrainingArguments.")
+        settings["warmup_steps"] = settings.pop("warmup_ratio")
     evaluation = {}
     if with_evaluator:
         evaluation = {
@@ -173,6 +105,7 @@ def training_arguments(
     return MultiVectorEncoderTrainingArguments(
         **settings,
         **evaluation,
+        prompts=prompts or {},
         output_dir=str(output_dir),
         bf16=bf16,
         tf32=tf32,
@@ -248,9 +181,10 @@ class JsonLog(TrainerCallback):
     a resumed run continues the steps of the interrupted one rather than restarting at 0.
     """
 
-    def __init__(self, path: str | Path, header: dict[str, Any]) -> None:
+    def __init__(self, path: str | Path, header: dict[str, Any], canary=None) -> None:
         self.path = Path(path)
         self.header = header
+        self.canary = canary  # a colbench.training_curve.LossCanary whose events go into the log
 
     def records(self, history: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         by_step: dict[int, dict[str, Any]] = {}
@@ -265,22 +199,13 @@ class JsonLog(TrainerCallback):
 
     def write(self, state) -> None:
         records, summary = self.records(state.log_history)
-        write_json(self.path, {**self.header, "records": records, "summary": summary})
+        canary = self.canary.events if self.canary else None
+        write_json(self.path, {**self.header, "records": records, "summary": summary, "canary": canary})
 
     def on_log(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             self.write(state)
         return control
-
-
-def parameter_digest(model: torch.nn.Module) -> str:
-    """sha256 over every parameter's name, dtype, shape and bytes, in name order."""
-    digest = hashlib.sha256()
-    for name, param in sorted(model.state_dict().items()):
-        tensor = param.detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
 
 
 def _replica_digests(trainer, local: str) -> list[str]:
@@ -291,6 +216,137 @@ def _replica_digests(trainer, local: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------- train
+def collator_prompts(model, columns: Sequence[str]) -> dict[str, str]:
+    """``args.prompts`` for the trainer's collator: each text column gets the prompt of its task.
+
+    The collator looks prompts up by *column name* (``query``, ``document_1``..``document_N``) and
+    never reads ``model.prompts``; the tasks follow the column positions (first = query, others =
+    documents; the label column ``scores`` is not text). Without this, training rows carry no
+    ``[Q] ``/``[D] `` prefix while encoding adds them: the study trained with them.
+    """
+    texts = [c for c in columns if c != "scores"]
+    prompts = {column: model.prompts.get("query" if i == 0 else "document") or "" for i, column in enumerate(texts)}
+    return {column: prompt for column, prompt in prompts.items() if prompt}
+
+
+def check_collator_matches_encoding(trainer, dataset) -> None:
+    """Collate the first rows and compare each column's token ids with `model.preprocess` under the task's
+    prompt, as `encode_query`/`encode_document` tokenise: prefixes, expansion, lengths, skiplist. A mismatch
+    is a bug of this module (or a library change), so it stops training before the first step."""
+    model = trainer.model
+    rows = [dataset[i] for i in range(min(2, dataset.num_rows))]
+    batch = trainer.data_collator(rows)
+    for position, column in enumerate(c for c in rows[0] if c != "scores"):
+        task = "query" if position == 0 else "document"
+        expected = model.preprocess([row[column] for row in rows], prompt=model.prompts.get(task), task=task)
+        for key in ("input_ids", "attention_mask"):
+            if not torch.equal(batch[f"{column}_{key}"], expected[key]):
+                raise RuntimeError(f"the trainer's collator tokenises column {column!r} ({key}) unlike encoding with "
+                                   f"task {task!r}: training would not see what the model is evaluated on")
+
+
+def check_model_settings(model, wanted: dict[str, Any], checkpoint: str) -> None:
+    """Refuse `train.model` settings a loaded checkpoint does not have (its weights fix them)."""
+    from colbench.model import colbert_settings
+
+    have = colbert_settings(model)
+    differ = {key: have[key] for key, value in wanted.items() if key in have and have[key] != value}
+    if differ:
+        fixes = ", ".join(f"train.model.{key}: {value!r}" for key, value in differ.items())
+        raise InputError(f"train.init_checkpoint {checkpoint!r} was built with other settings than train.model: "
+                         f"set {fixes} to train it as it is.")
+
+
+def build_trainer(
+    *,
+    kd_dir: str | Path,
+    checkpoints_dir: str | Path,
+    log_path: str | Path,
+    base_model: str,
+    model_kwargs: dict[str, Any],
+    loss_kwargs: dict[str, Any],
+    args: dict[str, Any],
+    seed: int,
+    init_checkpoint: str | None = None,
+    canary: dict[str, Any] | None = None,
+    evaluator=None,
+    eval_steps: int | None = None,
+    max_samples: int | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+):
+    """Steps 1-5 of the recipe: the `MultiVectorEncoderTrainer` `train` runs, and what it records.
+
+    Returns ``(trainer, run)``; ``run`` holds the manifest, dataset, config and its hash, the checkpoint
+    to resume from, the log callback and the header of the log.
+    """
+    from sentence_transformers import MultiVectorEncoderTrainer
+
+    from colbench.training_curve import LossCanary
+    from colbench.loss import build_kd_loss
+    from colbench.model import build_colbert, load_colbert, model_fingerprint
+
+    checkpoints_dir, log_path = Path(checkpoints_dir), Path(log_path)
+    loss_settings = dict(loss_kwargs)
+    n_ways = int(loss_settings.pop("n_ways"))
+
+    # 1. Model: built from the base encoder (seeded: the projection's random init is the same on every run
+    # and rank), or an existing ColBERT checkpoint to train further.
+    if init_checkpoint:
+        model = load_colbert(init_checkpoint)
+        check_model_settings(model, model_kwargs, init_checkpoint)
+    else:
+        model = build_colbert(base_model, **model_kwargs, seed=seed)
+    # 2. Data: validated before any training step.
+    manifest = kd_manifest(kd_dir)
+    dataset = load_kd_dataset(kd_dir, n_ways=n_ways, max_samples=max_samples)
+    # 3. Loss.
+    loss = build_kd_loss(model, **loss_settings)
+    # 4. Arguments, with the prompts the collator must prepend to each column.
+    training_args = training_arguments(
+        args, output_dir=checkpoints_dir, seed=seed, prompts=collator_prompts(model, list(dataset[0])),
+        eval_steps=eval_steps, with_evaluator=evaluator is not None,
+    )
+
+    config = {
+        "base_model": base_model,
+        "init_checkpoint": init_checkpoint,
+        "initial_model": model_fingerprint(model),
+        "model": model_kwargs,
+        "loss": loss_kwargs,
+        "args": {k: v for k, v in args.items() if k not in CADENCE_KEYS},
+        "seed": seed,
+        "max_samples": max_samples,
+        "world_size": training_args.world_size,
+        "data": {"manifest": manifest, "n_train": dataset.num_rows},
+    }
+    digest = config_hash(config)
+    with training_args.main_process_first(local=False, desc="checkpoint bookkeeping"):
+        resume_from = prepare_checkpoints(checkpoints_dir, digest, config, main=training_args.process_index == 0)
+
+    # 5. Trainer.
+    header = {
+        "config_hash": digest,
+        "resumed_from_step": _step(resume_from) if resume_from else None,
+        "world_size": training_args.world_size,
+    }
+    watch = LossCanary(**canary) if canary and canary.get("reference") else None
+    log = JsonLog(log_path, header, canary=watch)
+    bookkeeping = CheckpointBookkeeping()
+    trainer = MultiVectorEncoderTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        loss=loss,
+        evaluator=evaluator,
+        callbacks=[*([watch] if watch else []), log, bookkeeping, *callbacks],
+    )
+    bookkeeping.trainer = trainer
+    check_collator_matches_encoding(trainer, dataset)
+    run = {"manifest": manifest, "dataset": dataset, "n_ways": n_ways, "config": config, "digest": digest,
+           "resume_from": resume_from, "log": log, "header": header}
+    return trainer, run
+
+
 def train(
     *,
     kd_dir: str | Path,
@@ -302,76 +358,31 @@ def train(
     loss_kwargs: dict[str, Any],
     args: dict[str, Any],
     seed: int,
+    init_checkpoint: str | None = None,
+    canary: dict[str, Any] | None = None,
     evaluator=None,
     eval_steps: int | None = None,
     provenance_extra: dict[str, Any] | None = None,
     max_samples: int | None = None,
     callbacks: Sequence[TrainerCallback] = (),
 ) -> Path:
-    """Distil the teacher's scores in ``kd_dir`` into a ColBERT built on ``base_model``.
+    """Distil the teacher's scores in ``kd_dir`` into a ColBERT built on ``base_model`` (or, with
+    ``init_checkpoint``, into that existing ColBERT checkpoint).
 
     ``model_kwargs`` go to `build_colbert` (params.yaml train.model), ``loss_kwargs`` are
     params.yaml train.loss (``n_ways`` picks the candidates, the rest go to `build_kd_loss`),
-    ``args`` are params.yaml train.args. Resumes from the last complete checkpoint in
-    ``checkpoints_dir`` when it was written by the same configuration, data and world size.
-    ``callbacks`` are extra trainer callbacks (tests use one to kill a run). Returns ``output_dir``.
+    ``args`` are params.yaml train.args, ``canary`` is train.canary (`colbench.training_curve.LossCanary`).
+    Resumes from the last complete checkpoint in ``checkpoints_dir`` when it was written by the same
+    configuration, data and world size. ``callbacks`` are extra trainer callbacks (tests use one to kill
+    a run). Returns ``output_dir``.
     """
-    from sentence_transformers import MultiVectorEncoderTrainer
-
-    from colbench.loss import build_kd_loss
-    from colbench.model import build_colbert, model_fingerprint
-
-    output_dir, checkpoints_dir, log_path = Path(output_dir), Path(checkpoints_dir), Path(log_path)
-    loss_settings = dict(loss_kwargs)
-    if "n_ways" not in loss_settings:
-        raise InputError("train.loss.n_ways: missing; set how many candidates per query to distil.")
-    n_ways = int(loss_settings.pop("n_ways"))
-
-    # 1. Model: seeded so that the projection layer's random init is the same on every run and rank.
-    model = build_colbert(base_model, **model_kwargs, seed=seed)
-    # 2. Data: validated before any training step.
-    manifest = kd_manifest(kd_dir)
-    dataset = load_kd_dataset(kd_dir, n_ways=n_ways, max_samples=max_samples)
-    # 3. Loss.
-    loss = build_kd_loss(model, **loss_settings)
-    # 4. Arguments.
-    training_args = training_arguments(
-        args, output_dir=checkpoints_dir, seed=seed, eval_steps=eval_steps, with_evaluator=evaluator is not None
+    output_dir = Path(output_dir)
+    trainer, run = build_trainer(
+        kd_dir=kd_dir, checkpoints_dir=checkpoints_dir, log_path=log_path, base_model=base_model,
+        model_kwargs=model_kwargs, loss_kwargs=loss_kwargs, args=args, seed=seed, init_checkpoint=init_checkpoint,
+        canary=canary, evaluator=evaluator, eval_steps=eval_steps, max_samples=max_samples, callbacks=callbacks,
     )
-
-    config = {
-        "base_model": base_model,
-        "initial_model": model_fingerprint(model),
-        "model": model_kwargs,
-        "loss": loss_kwargs,
-        "args": {k: v for k, v in args.items() if k not in CADENCE_KEYS},
-        "seed": seed,
-        "max_samples": max_samples,
-        "world_size": training_args.world_size,
-        "data": {"manifest": manifest, "n_train": dataset.num_rows},
-    }
-    digest = config_hash(config)
-    main = training_args.process_index == 0
-    with training_args.main_process_first(local=False, desc="checkpoint bookkeeping"):
-        resume_from = prepare_checkpoints(checkpoints_dir, digest, config, main=main)
-
-    # 5. Trainer.
-    header = {
-        "config_hash": digest,
-        "resumed_from_step": _step(resume_from) if resume_from else None,
-        "world_size": training_args.world_size,
-    }
-    log = JsonLog(log_path, header)
-    bookkeeping = CheckpointBookkeeping()
-    trainer = MultiVectorEncoderTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=dataset,
-        loss=loss,
-        evaluator=evaluator,
-        callbacks=[log, bookkeeping, *callbacks],
-    )
-    bookkeeping.trainer = trainer
+    model, log, resume_from = trainer.model, run["log"], run["resume_from"]
 
     # 6. Train (resuming restores weights, optimizer, scheduler, RNG and data position).
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -381,36 +392,39 @@ def train(
         trainer.evaluate()  # the end-of-training evaluation, unless the last step just had one
 
     # 7. Save: every rank computes its digest (collective), rank 0 writes.
-    local_digest = parameter_digest(model)
+    local_digest = parameter_sha256(model)
     replicas = _replica_digests(trainer, local_digest)
     if trainer.is_world_process_zero():
         log.write(trainer.state)
         records, _ = log.records(trainer.state.log_history)
         losses = [r["loss"] for r in records if "loss" in r]
+        manifest = run["manifest"]
         record = {
             "base_model": base_model,
+            "init_checkpoint": init_checkpoint,
             "model": model_kwargs,
             "loss": loss_kwargs,
             "args": args,
-            "resolved_precision": {"bf16": training_args.bf16, "tf32": training_args.tf32},
+            "resolved_precision": {"bf16": trainer.args.bf16, "tf32": trainer.args.tf32},
             "seed": seed,
             "max_samples": max_samples,
-            "world_size": training_args.world_size,
+            "world_size": trainer.args.world_size,
             "data": {
                 "kd_dir": str(kd_dir),
                 "source": manifest.get("source"),
                 "revision": manifest.get("revision"),
                 "manifest": manifest,
-                "n_train": dataset.num_rows,
-                "n_ways": n_ways,
+                "n_train": run["dataset"].num_rows,
+                "n_ways": run["n_ways"],
             },
-            "config_hash": digest,
+            "config_hash": run["digest"],
             "global_step": trainer.state.global_step,
-            "resumed_from_step": header["resumed_from_step"],
+            "resumed_from_step": run["header"]["resumed_from_step"],
             "final_loss": losses[-1] if losses else None,
             # From the log rather than the trainer's training_loss, which after a resume averages
             # only the steps run in this process.
             "mean_logged_loss": sum(losses) / len(losses) if losses else None,
+            "canary": log.canary.events if log.canary else None,
             "parameter_sha256": local_digest,
             "replica_parameter_sha256": replicas,
             "provenance": provenance(Path(__file__).resolve().parent),
@@ -445,17 +459,17 @@ def run_training(*, distributed: str = "none", num_processes: int = 1, evaluator
             command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                        f"--nproc_per_node={num_processes}", "-m", "colbench.train", "--config", str(config_path)]
             subprocess.run(command, check=True)
-    elif distributed == "none":
+    else:
         from colbench.heldout import make_evaluator
 
         train(**train_kwargs, evaluator=make_evaluator(**evaluator_kwargs))
-    else:
-        raise InputError(f"train.distributed={distributed!r}: use none or ddp.")
     return training_summary(train_kwargs["output_dir"], train_kwargs["log_path"], evaluator_kwargs.get("dataset"))
 
 
 def training_summary(output_dir: str | Path, log_path: str | Path, heldout: str | None) -> dict[str, Any]:
     """What the report needs of a finished run: steps, loss, and the held-out metric at the first and last evaluation."""
+    from colbench.heldout import log_key
+
     record = read_json(Path(output_dir) / TRAIN_RECORD)
     records = read_json(log_path).get("records", [])
     summary: dict[str, Any] = {
@@ -467,21 +481,19 @@ def training_summary(output_dir: str | Path, log_path: str | Path, heldout: str 
         "final_loss": record["final_loss"],
         "heldout_dataset": heldout,
     }
-    for metric in ("ndcg@10", "recall@100"):
-        key = f"eval_{heldout}_{metric}"
-        evaluated = [r for r in records if key in r]
-        if heldout and evaluated:
-            summary[f"heldout_start_{metric}"] = evaluated[0][key]
-            summary[f"heldout_end_{metric}"] = evaluated[-1][key]
+    for metric in ("ndcg@10", "recall@100") if heldout else ():
+        evaluated = [r[log_key(heldout, metric)] for r in records if log_key(heldout, metric) in r]
+        if evaluated:
+            summary[f"heldout_start_{metric}"], summary[f"heldout_end_{metric}"] = evaluated[0], evaluated[-1]
     return summary
 
 
-def use_existing_checkpoint(checkpoint: str, output_dir: str | Path, *, log_path: str | Path,
-                            baseline_runs: str | Path) -> dict[str, Any]:
+def use_existing_checkpoint(checkpoint: str, output_dir: str | Path, *, checkpoints_dir: str | Path,
+                            log_path: str | Path, baseline_runs: str | Path) -> dict[str, Any]:
     """No training: check that ``checkpoint`` (hub id or path) loads, and point ``output_dir`` at it.
 
-    ``output_dir/checkpoint.json`` is what `colbench.model.load_colbert` follows; the log is empty and
-    there is no untrained baseline run.
+    ``output_dir/checkpoint.json`` is what `colbench.model.load_colbert` follows; the log is empty, there
+    is no untrained baseline run, and ``checkpoints_dir`` is left empty (it exists: the stage declares it).
     """
     from colbench.model import load_colbert, model_fingerprint
 
@@ -492,6 +504,7 @@ def use_existing_checkpoint(checkpoint: str, output_dir: str | Path, *, log_path
                                              "provenance": provenance(Path(__file__).resolve().parent)})
     write_json(log_path, {"records": [], "summary": {"checkpoint": checkpoint}})
     Path(baseline_runs).mkdir(parents=True, exist_ok=True)
+    Path(checkpoints_dir).mkdir(parents=True, exist_ok=True)
     return {"trained": False, "checkpoint": checkpoint, "global_step": 0, "n_train_queries": 0}
 
 

@@ -1,0 +1,227 @@
+"""BEIR-format test collections: load and validate a folder, prepare one for the pipeline, check it again.
+
+A collection folder (BEIR's format, also what the prepare stage writes):
+  ``corpus.jsonl`` (_id, title, text), ``queries.jsonl`` (_id, text; the prepare stage keeps only queries
+  with qrels in the split), ``qrels/<split>.tsv`` (header query-id, corpus-id, score), and, once prepared,
+  ``manifest.json`` (source, split, counts, n_queries_dropped_without_qrels, sha256, url when downloaded).
+
+Everything is checked before anything is written; every problem raises :class:`InputError` naming the
+file (and line), the id and what to do. Loading goes through beir's `GenericDataLoader` after checks it
+does not make (bad lines, duplicate ids, dangling qrels, a missing qrels header).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from colbench import hub, pydocs
+from colbench.atomic import atomic_dir, verify_manifest, write_manifest
+from colbench.errors import InputError
+
+QRELS_HEADER = ["query-id", "corpus-id", "score"]
+
+
+def read_jsonl(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object) of a JSON-lines file; bad bytes, bad JSON or missing keys raise InputError.
+
+    Hand-written rather than ``pyarrow.json``/``datasets`` because those do not say which line is bad.
+    """
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise InputError(f"{path}:{number}: not UTF-8 ({err.reason} at byte {err.start}); re-encode the file") from err
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise InputError(f"{path}:{number}: truncated or corrupt JSON ({err.msg}); fix or re-download it") from err
+            if not isinstance(record, dict):
+                raise InputError(f"{path}:{number}: expected a JSON object, found {type(record).__name__}")
+            if "\\ud" in line.lower():
+                # A \\udXXX escape can decode to a lone surrogate: valid JSON, but not text that can be
+                # written back as UTF-8 (the write would fail with a bare UnicodeEncodeError).
+                try:
+                    json.dumps(record, ensure_ascii=False).encode("utf-8")
+                except UnicodeEncodeError as err:
+                    raise InputError(f"{path}:{number}: an unpaired surrogate escape ({err.object[err.start]!r}) "
+                                     "is not valid Unicode text; fix the escape in the file") from err
+            missing = [key for key in required if key not in record]
+            if missing:
+                raise InputError(f"{path}:{number}: missing key(s) {missing}; expected {list(required)}, found {sorted(record)}")
+            yield number, record
+
+
+def prepare_beir(
+    name: str,
+    source: str,
+    out_dir: str | Path,
+    *,
+    split: str = "test",
+    seed: int = 42,
+    builtin_options: dict | None = None,
+) -> dict:
+    """Validate one evaluation set and write it to ``out_dir`` in BEIR format; returns the manifest.
+
+    ``source``: a BEIR dataset name (downloaded once into :func:`beir_cache_dir`), a local BEIR folder, or
+    ``builtin:python-docs`` (needs the ``seed`` and ``builtin_options`` given to :func:`prepare_kd` to get the
+    same corpus; its evaluation queries are disjoint from the KD training queries).
+    """
+    extra: dict[str, Any] = {}
+    if source.startswith("builtin:"):
+        if source != pydocs.SOURCE:
+            raise InputError(f"prepare.datasets.{name}: unknown builtin source {source!r}; use {pydocs.SOURCE}")
+        if split != "test":
+            raise InputError(f"prepare.datasets.{name}: {pydocs.SOURCE} has only the split 'test', not {split!r}")
+        options = pydocs.PyDocsOptions.from_dict(builtin_options)
+        corpus, queries, qrels = pydocs.beir_records(pydocs.build_collection(seed, options))
+        dropped = 0
+        extra.update(seed=seed, builtin_options={k: v for k, v in vars(options).items() if k != "stdlib_dir"},
+                     python_version=sys.version.split()[0])
+    else:
+        if Path(source).is_dir():
+            folder = Path(source)
+        elif re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", source):
+            folder, extra["url"] = hub.download_beir(source)
+        else:
+            raise InputError(f"prepare.datasets.{name}.source={source!r}: no such folder, and not a BEIR dataset name")
+        corpus, queries, qrels, dropped = load_beir_folder(folder, split)
+    manifest = {
+        "name": name,
+        "source": source,
+        "split": split,
+        "n_documents": len(corpus),
+        "n_queries": len(queries),
+        "n_qrels": len(qrels),
+        "n_queries_dropped_without_qrels": dropped,
+        **extra,
+    }
+    with atomic_dir(out_dir) as tmp:
+        _write_beir(tmp, split, corpus, queries, qrels)
+        manifest = write_manifest(tmp, manifest)
+    return manifest
+
+
+def load_beir_folder(folder: str | Path, split: str) -> tuple[list[dict], list[dict], list[tuple[str, str, int]], int]:
+    """Check a BEIR folder and load it: (corpus, queries with qrels, qrels rows, queries dropped).
+
+    Loads through beir's GenericDataLoader after checks it does not make (bad lines, duplicate ids,
+    dangling qrels). Orders: corpus and queries as in their files, qrels as in the tsv.
+    """
+    from beir.datasets.data_loader import GenericDataLoader
+
+    folder = Path(folder)
+    qrels_path = folder / "qrels" / f"{split}.tsv"
+    missing = [p.name for p in (folder / "corpus.jsonl", folder / "queries.jsonl") if not p.is_file()]
+    if not qrels_path.is_file():
+        have = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
+        missing.append(f"qrels/{split}.tsv (splits here: {have or 'none'})")
+    if missing:
+        raise InputError(f"BEIR folder {folder}: missing {', '.join(missing)}")
+    doc_ids = _scan_ids(folder / "corpus.jsonl", ("_id", "text"))
+    query_order = _scan_ids(folder / "queries.jsonl", ("_id", "text"))
+    if not doc_ids:
+        raise InputError(f"{folder / 'corpus.jsonl'} is empty: a collection needs documents")
+    rows = _scan_qrels(qrels_path)
+    docs_set, queries_set = set(doc_ids), set(query_order)
+    for kind, known, index in (("documents", docs_set, 1), ("queries", queries_set, 0)):
+        unknown = [row[index] for row in rows if row[index] not in known]
+        if unknown:
+            raise InputError(f"{qrels_path}: {len(unknown)} qrel(s) reference {kind} not in the folder, e.g. "
+                             f"{unknown[0]!r}; fix the qrels or the {'corpus' if index else 'queries'} file")
+    corpus, queries, qrels = GenericDataLoader(data_folder=str(folder)).load(split=split)
+    corpus_records = [{"_id": i, "title": corpus[i].get("title") or "", "text": corpus[i].get("text") or ""}
+                      for i in doc_ids]
+    kept = [{"_id": q, "text": queries[q]} for q in query_order if q in qrels]
+    blank = [q["_id"] for q in kept if not (q["text"] or "").strip()]
+    if blank:
+        raise InputError(f"{folder / 'queries.jsonl'}: {len(blank)} judged quer(ies) have an empty text, e.g. "
+                         f"{blank[0]!r}; give them text or remove them and their qrels")
+    qrels_rows = [(q, d, s) for q, docs in qrels.items() for d, s in docs.items()]
+    return corpus_records, kept, qrels_rows, len(query_order) - len(kept)
+
+
+def _scan_ids(path: Path, required: tuple[str, ...]) -> list[str]:
+    ids: list[str] = []
+    seen: dict[str, int] = {}
+    for number, record in read_jsonl(path, required):
+        value = record["_id"]
+        if not isinstance(value, str) or not value:
+            raise InputError(f"{path}:{number}: _id must be a non-empty string, found {value!r}")
+        if any(c.isspace() for c in value):
+            # A TREC run file is whitespace-separated: such an id would only fail at the retrieve stage.
+            raise InputError(f"{path}:{number}: _id {value!r} contains whitespace, which TREC run files cannot hold; "
+                             "rename it (and its qrels)")
+        if value in seen:
+            raise InputError(f"{path}:{number}: duplicate _id {value!r} (first on line {seen[value]}); ids must be unique")
+        for key in ("title", "text"):
+            if record.get(key) is not None and not isinstance(record[key], str):
+                raise InputError(f"{path}:{number}: {key} of {value!r} is {type(record[key]).__name__}, expected a string")
+        seen[value] = number
+        ids.append(value)
+    return ids
+
+
+def _scan_qrels(path: Path) -> list[tuple[str, str, int]]:
+    rows: list[tuple[str, str, int]] = []
+    scores: dict[tuple[str, str], int] = {}
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as err:
+                raise InputError(f"{path}:{number}: not UTF-8 ({err.reason}); re-encode the file") from err
+            fields = line.split("\t")
+            if number == 1:
+                # beir skips the first line unread: without the header the first qrel would be lost.
+                if fields != QRELS_HEADER:
+                    header = "<TAB>".join(QRELS_HEADER)
+                    raise InputError(f"{path}:1: expected the header {header!r}, found {line!r}")
+                continue
+            if not line.strip():
+                continue
+            if len(fields) != 3 or not re.fullmatch(r"-?\d+", fields[2]):
+                raise InputError(f"{path}:{number}: expected query-id<TAB>corpus-id<TAB>integer score, found {line!r}")
+            key, score = (fields[0], fields[1]), int(fields[2])
+            if scores.setdefault(key, score) != score:
+                raise InputError(f"{path}:{number}: qrel {key} repeated with a different score ({scores[key]} vs {score})")
+            rows.append((fields[0], fields[1], score))
+    if not rows:
+        raise InputError(f"{path}: no qrels; the split has nothing to evaluate")
+    return rows
+
+
+def _write_beir(folder: Path, split: str, corpus, queries, qrels) -> None:
+    def dump(path: Path, records) -> None:
+        with open(path, "w", encoding="utf-8") as handle:
+            for record in records:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    dump(folder / "corpus.jsonl", corpus)
+    dump(folder / "queries.jsonl", queries)
+    (folder / "qrels").mkdir()
+    with open(folder / "qrels" / f"{split}.tsv", "w", encoding="utf-8", newline="") as handle:
+        handle.write("\t".join(QRELS_HEADER) + "\n")
+        for query_id, doc_id, score in qrels:
+            handle.write(f"{query_id}\t{doc_id}\t{score}\n")
+
+
+def check_beir_dir(path: str | Path) -> dict:
+    """Re-check a written evaluation folder (checksums, format, references, counts); returns its manifest."""
+    folder = Path(path)
+    manifest = verify_manifest(folder)
+    corpus, queries, qrels, dropped = load_beir_folder(folder, manifest.get("split", "test"))
+    counts = {"n_documents": len(corpus), "n_queries": len(queries), "n_qrels": len(qrels)}
+    for key, value in counts.items():
+        if manifest.get(key) != value:
+            raise InputError(f"{folder}: manifest says {key}={manifest.get(key)}, the files hold {value}; rerun prepare")
+    if dropped:
+        raise InputError(f"{folder}: {dropped} queries have no qrels; rerun the prepare stage")
+    return manifest

@@ -1,0 +1,140 @@
+"""Results across DVC experiments: the run-to-run spread of one recipe over training seeds, and paired
+comparisons of recipes that differ in one setting (e.g. the base encoder).
+
+Both read the experiments table (`colbench.experiments.experiments_table` with ``all_params=True``) and the
+per-query metric of each experiment (the snapshot keeps them, see `colbench.experiments.save_experiments`):
+
+- A *seed group* is a set of experiments whose params are equal except ``train.seed`` (the seed of data order
+  and the projection's initialisation): no labelling by hand. `seed_summary` gives, per dataset, the mean,
+  standard deviation and range across seeds next to each seed's bootstrap interval over queries and the
+  published value, with a verdict that uses both spreads.
+- A *comparison group* is a set of experiments whose params are equal except one key (``train.base_model``
+  for encoders). `paired_comparison` compares each member with a reference member query by query: the mean
+  difference with its paired-bootstrap interval, and on how many queries each side wins.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from colbench.evaluate import paired_bootstrap
+
+SEED_KEY = "train.seed"
+ENCODER_KEY = "train.base_model"
+
+
+def groups_varying(table: pd.DataFrame, key: str) -> list[pd.DataFrame]:
+    """Groups of at least two rows of ``table`` whose params are equal except ``key``, which takes at least two
+    values in the group; rows in table order. ``table.attrs["params"]`` names the param columns (all of them)."""
+    params = [p for p in table.attrs.get("params", []) if p != key]
+    if key not in table.columns or table.empty:
+        return []
+
+    def signature(row: pd.Series) -> str:
+        return json.dumps({p: row[p] for p in params}, sort_keys=True, default=str)
+
+    keyed = table.assign(_signature=table.apply(signature, axis=1))
+    groups = []
+    for _, group in keyed.groupby("_signature", sort=False):
+        if len(group) >= 2 and group[key].nunique() >= 2:
+            groups.append(group.drop(columns="_signature"))
+    return groups
+
+
+def seed_summary(group: pd.DataFrame, per_query: Mapping[str, Mapping[str, Mapping[str, float]]],
+                 reference: Mapping[str, float], *, metric: str = "ndcg@10", samples: int = 1000,
+                 confidence: float = 0.95, seed: int = 42) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The spread of one recipe over training seeds, x100.
+
+    ``per_query[experiment][dataset]`` is ``{query_id: value}`` of ``metric``. Returns ``(summary, seeds)``:
+    ``summary`` has one row per dataset — ``seeds`` (how many), ``mean``, ``std`` (sample standard deviation),
+    ``min``, ``max``, ``published`` and ``verdict``; ``seeds`` one row per experiment and dataset — ``seed``,
+    the value and its bootstrap interval over queries (``ci_low``, ``ci_high``).
+    """
+    rows = []
+    for _, row in group.iterrows():
+        for dataset, values in per_query.get(row["experiment"], {}).items():
+            ci = paired_bootstrap({q: {metric: v} for q, v in values.items()}, metric=metric, samples=samples,
+                                  confidence=confidence, seed=seed)
+            rows.append({"dataset": dataset, "experiment": row["experiment"], "seed": row[SEED_KEY],
+                         metric: 100 * ci["mean"], "ci_low": 100 * ci["low"], "ci_high": 100 * ci["high"]})
+    seeds = pd.DataFrame(rows, columns=["dataset", "experiment", "seed", metric, "ci_low", "ci_high"])
+    summary = []
+    for dataset, runs in seeds.groupby("dataset", sort=False):
+        values = runs[metric].to_numpy(float)
+        published = reference.get(dataset)
+        summary.append({"dataset": dataset, "seeds": len(values), "mean": values.mean(),
+                        "std": values.std(ddof=1) if len(values) > 1 else math.nan,
+                        "min": values.min(), "max": values.max(),
+                        "published": math.nan if published is None else float(published),
+                        "verdict": verdict(published, values, runs["ci_low"].to_numpy(float),
+                                           runs["ci_high"].to_numpy(float))})
+    columns = ["dataset", "seeds", "mean", "std", "min", "max", "published", "verdict"]
+    return pd.DataFrame(summary, columns=columns), seeds
+
+
+def verdict(published: float | None, values: Sequence[float], ci_low: Sequence[float],
+            ci_high: Sequence[float]) -> str:
+    """Where a published value lies against the seeds' values and their bootstrap intervals (all x100)."""
+    if published is None or (isinstance(published, float) and math.isnan(published)):
+        return "no published value"
+    low, high = min(values), max(values)
+    if low <= published <= high:
+        return "inside the seed range"
+    gap = low - published if published < low else published - high
+    if min(ci_low) <= published <= max(ci_high):
+        return f"outside the seed range by {gap:.2f} points, inside a seed's bootstrap interval"
+    return f"outside the seed range by {gap:.2f} points and beyond every seed's bootstrap interval"
+
+
+def paired_comparison(group: pd.DataFrame, per_query: Mapping[str, Mapping[str, Mapping[str, float]]], *,
+                      key: str, reference_row: str, metric: str = "ndcg@10", samples: int = 1000,
+                      confidence: float = 0.95, seed: int = 42) -> pd.DataFrame:
+    """Each member of ``group`` against ``reference_row`` (an experiment name in it), per dataset, x100.
+
+    Columns: ``dataset``, ``key`` (the member's value of the varied setting), ``experiment``, ``metric`` (its mean),
+    ``difference`` (member - reference, over the queries both have), ``ci_low`` / ``ci_high`` (paired bootstrap of
+    the difference), ``wins`` / ``losses`` / ``ties`` (queries where the member scores higher / lower / the same).
+    The reference's own row has difference 0 and no interval.
+    """
+    reference = per_query.get(reference_row, {})
+    rows = []
+    for _, row in group.iterrows():
+        for dataset, values in per_query.get(row["experiment"], {}).items():
+            base = reference.get(dataset, {})
+            common = sorted(set(values) & set(base))
+            a = {q: {metric: values[q]} for q in common}
+            b = {q: {metric: base[q]} for q in common}
+            diff = np.array([values[q] - base[q] for q in common])
+            result: dict[str, Any] = {"dataset": dataset, key: row[key], "experiment": row["experiment"],
+                                      metric: 100 * float(np.mean([values[q] for q in values])),
+                                      "wins": int((diff > 0).sum()), "losses": int((diff < 0).sum()),
+                                      "ties": int((diff == 0).sum())}
+            if row["experiment"] == reference_row or not common:
+                result.update(difference=0.0 if common else math.nan, ci_low=math.nan, ci_high=math.nan)
+            else:
+                ci = paired_bootstrap(a, b, metric=metric, samples=samples, confidence=confidence, seed=seed)
+                result.update(difference=100 * ci["mean"], ci_low=100 * ci["low"], ci_high=100 * ci["high"])
+            rows.append(result)
+    columns = ["dataset", key, "experiment", metric, "difference", "ci_low", "ci_high", "wins", "losses", "ties"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def comparison_summary(table: pd.DataFrame, key: str, metric: str = "ndcg@10") -> str:
+    """One Markdown line per compared member: the difference with its interval, and whether it excludes 0."""
+    lines = []
+    for row in table.to_dict("records"):
+        if math.isnan(row["ci_low"]):
+            continue
+        certain = ("better" if row["ci_low"] > 0 else "worse" if row["ci_high"] < 0 else
+                   "no difference the queries can tell")
+        lines.append(f"- {row['dataset']}: {key} = {row[key]}: {metric} {row[metric]:.2f}, {row['difference']:+.2f} "
+                     f"points (95 % CI {row['ci_low']:+.2f} to {row['ci_high']:+.2f}; wins {row['wins']}, losses "
+                     f"{row['losses']}, ties {row['ties']} queries): {certain}.")
+    return "\n".join(lines)

@@ -1,0 +1,155 @@
+"""Remote resources: the Hugging Face hub (models, datasets) and the BEIR download server.
+
+The one home for "are we offline?", where hub models and BEIR datasets come from and are cached, and what
+a user is told when one cannot be had. Without the network the hub libraries retry for tens of seconds per
+file; everything here asks once, briefly, then fails with an `InputError` that says how to provide the
+resource (a cache copied from a machine with internet, or a local folder named in params.yaml).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+from colbench.errors import InputError
+
+HUB_URL = "https://huggingface.co"
+NANOBEIR = "sentence-transformers/NanoBEIR-en"  # the held-out set of the study's recipe (dataset id)
+BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
+
+
+def offline() -> bool:
+    """True when the hub must not be contacted: ``HF_HUB_OFFLINE`` set to a true value (1/true/yes/on, any
+    case), or huggingface_hub already in offline mode."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def reachable(url: str, timeout: float = 3.0) -> bool:
+    """A TCP connection to ``url``'s host on port 443 opens within ``timeout`` seconds (no request is sent)."""
+    host = urlparse(url).hostname
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def hub_url() -> str:
+    """The hub endpoint in use (``HF_ENDPOINT`` or huggingface.co)."""
+    return os.environ.get("HF_ENDPOINT") or HUB_URL
+
+
+@contextlib.contextmanager
+def offline_mode(force: bool) -> Iterator[None]:
+    """Switch the hub libraries to offline mode for the block (they read HF_HUB_OFFLINE at import only)."""
+    if not force:
+        yield
+        return
+    import datasets.config
+    import huggingface_hub.constants
+
+    saved = datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = huggingface_hub.constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE = saved
+
+
+def model_snapshot(hub_id: str, what: str) -> str:
+    """A local folder holding hub model `hub_id`: from the HF cache, or downloaded when online.
+
+    ``what`` is the params key that names it. Raises InputError (never hangs) when the id is neither
+    cached nor downloadable.
+    """
+    from huggingface_hub import model_info, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    how = (
+        f"download it on a machine with internet access (`hf download {hub_id}`) into the Hugging Face cache "
+        f"(HF_HOME) used here, or set the {what} param to a local folder"
+    )
+    try:
+        return snapshot_download(hub_id, local_files_only=True)
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
+        pass
+    if offline():
+        raise InputError(f"{what} {hub_id!r}: not a local folder and not in the Hugging Face cache while offline; {how}")
+    try:
+        # A bounded metadata call first: without network it fails in seconds instead of retrying.
+        info = model_info(hub_id, timeout=15)
+    except Exception as exc:  # noqa: BLE001 - any failure here means "cannot fetch it now"
+        raise InputError(
+            f"{what} {hub_id!r}: not a local folder, not cached, and the hub cannot serve it "
+            f"({type(exc).__name__}: {exc}); {how}"
+        ) from exc
+    # Only the PyTorch weights: model repos often also hold ONNX / OpenVINO / TF / Flax copies.
+    ignore = ["onnx/*", "openvino/*", "*.onnx", "*.h5", "*.msgpack", "*.ot", "coreml/*"]
+    if any(s.rfilename.endswith(".safetensors") for s in info.siblings or []):
+        ignore.append("*.bin")
+    return snapshot_download(hub_id, ignore_patterns=ignore)
+
+
+def in_hf_cache(repo_id: str, repo_type: str = "model", revision: str | None = None) -> bool:
+    """Whether the Hugging Face cache holds ``repo_id`` (at ``revision``), without contacting the hub."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(repo_id, repo_type=repo_type, revision=revision, local_files_only=True)
+        return True
+    except Exception:  # noqa: BLE001 - any failure here means "not cached"
+        return False
+
+
+def beir_cache_dir() -> Path:
+    """Where downloaded BEIR datasets are kept: $COLBENCH_BEIR_CACHE or ~/.cache/colbench/beir."""
+    return Path(os.environ.get("COLBENCH_BEIR_CACHE") or Path.home() / ".cache" / "colbench" / "beir")
+
+
+def beir_cached(name: str) -> bool:
+    """Whether BEIR dataset ``name`` is already unpacked in :func:`beir_cache_dir`."""
+    return (beir_cache_dir() / name / "corpus.jsonl").is_file()
+
+
+def download_beir(name: str) -> tuple[Path, str]:
+    """The unpacked folder of BEIR dataset ``name`` (downloaded once into the cache) and its URL."""
+    import beir.util
+
+    url = BEIR_URL.format(name=name)
+    cache = beir_cache_dir()
+    target = cache / name
+    if beir_cached(name):
+        return target, url
+    cache.mkdir(parents=True, exist_ok=True)
+    # Download into a temporary folder: beir reuses any existing zip, so a partial one must never stay.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=cache))
+    saved = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(60)  # requests has no timeout by default: a dead network would hang forever
+    try:
+        unzipped = Path(beir.util.download_and_unzip(url, str(tmp)))
+        if not (unzipped / "corpus.jsonl").is_file():
+            raise InputError(f"{url}: the archive has no {name}/corpus.jsonl; is {name!r} a BEIR dataset?")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(unzipped, target)
+    except (OSError, zipfile.BadZipFile) as err:
+        raise InputError(
+            f"cannot download BEIR dataset {name!r} from {url} ({type(err).__name__}: {err}). Download and unzip it "
+            f"on a machine with internet into {target} (or $COLBENCH_BEIR_CACHE/{name}), or set "
+            f"prepare.datasets.<name>.source to a local BEIR folder (corpus.jsonl, queries.jsonl, qrels/)"
+        ) from err
+    finally:
+        socket.setdefaulttimeout(saved)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target, url
