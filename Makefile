@@ -13,11 +13,15 @@ export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
-# Demo experiments (`make ablation`, `make seeds`, `make encoders`): each is one `dvc exp run --temp`.
+# Demo experiments (`make ablation`, `make seeds`, `make encoders`): each setting is one `dvc exp run --temp` of
+# the demo up to its evaluation (demo/params.yaml; EXP_FLAGS adds -S settings to every one of them).
 ABLATIONS ?= train.loss.normalize_scores=false train.loss.masked_positions=exclude
+SEEDS ?= 1 2 3
+# The tiny random ModernBERT and BERT of the tests: the same recipe on two architectures, at toy scale.
+ENCODERS ?= ../tests/fixtures/pylate/modernbert/base ../tests/fixtures/pylate/bert/base
 EXP_FLAGS ?=
 
-.PHONY: install demo study test test-fast ablation check-params docs bench-retrieval bench-train clean-demo
+.PHONY: install demo study test test-fast ablation seeds encoders check-params docs bench-retrieval bench-train clean-demo
 
 install: $(VENV)/.installed
 
@@ -47,14 +51,24 @@ test: install
 test-fast: install
 	HF_HUB_OFFLINE=1 python -m pytest -m "not slow"
 
-# Demo ablations, compared in the demo report (see README, "Ablations"). --temp runs each in a temporary
-# copy, so the workspace keeps the demo's own params and results.
-ablation: install
-	for setting in $(ABLATIONS); do \
-	  HF_HUB_OFFLINE=1 dvc exp run --temp $(EXP_FLAGS) -S "demo/params.yaml:$$setting" report@demo || exit 1; \
+# Each runs its experiments (--temp: in a temporary copy, the workspace keeps the demo's own params and results),
+# snapshots them into demo/reports/experiments.json and refreshes the demo's report (see README, "Ablations").
+define demo_experiments
+	for setting in $(1); do \
+	  HF_HUB_OFFLINE=1 dvc exp run --temp $(EXP_FLAGS) -S "demo/params.yaml:$$setting" evaluate@demo || exit 1; \
 	done
 	cd demo && python -m colbench.experiments --out reports/experiments.json
 	HF_HUB_OFFLINE=1 dvc repro report@demo
+endef
+
+ablation: install
+	$(call demo_experiments,$(ABLATIONS))
+
+seeds: install
+	$(call demo_experiments,$(foreach seed,$(SEEDS),train.seed=$(seed)))
+
+encoders: install
+	$(call demo_experiments,$(foreach encoder,$(ENCODERS),train.base_model=$(encoder)))
 
 check-params: install
 	python -m colbench.config params.yaml

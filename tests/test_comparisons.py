@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from colbench.comparisons import groups_varying, paired_comparison, seed_summary, verdict
+from colbench.comparisons import distinct_runs, groups_varying, paired_comparison, seed_summary, verdict
 
 
 def table(rows: list[dict]) -> pd.DataFrame:
@@ -63,3 +63,15 @@ def test_paired_comparison_counts_wins_and_bootstraps_the_difference():
     assert bert["ci_low"] <= -37.5 <= bert["ci_high"] <= 0
     main = result.set_index("experiment").loc["main"]
     assert main["difference"] == 0 and math.isnan(main["ci_low"])
+
+
+def test_the_workspace_stands_for_the_baseline_it_reproduces():
+    rows = table([
+        {"experiment": "workspace", "role": "workspace", "train.seed": 42, "train.base_model": "minilm"},
+        {"experiment": "main", "role": "baseline", "train.seed": 42, "train.base_model": "minilm"},
+        {"experiment": "s1", "role": "experiment", "train.seed": 1, "train.base_model": "minilm"},
+    ])
+    rows.attrs["per_query"] = {"workspace": {"d": {"q": 0.5}}, "s1": {"d": {"q": 0.6}}}  # main's outputs are elsewhere
+    assert distinct_runs(rows)["experiment"].tolist() == ["workspace", "s1"]
+    rows.attrs["per_query"]["main"] = {"d": {"q": 0.5}}
+    assert distinct_runs(rows)["experiment"].tolist() == ["main", "s1"]

@@ -22,9 +22,11 @@ STAGE = """\
 import json, os, yaml
 p = yaml.safe_load(open("params.yaml"))
 os.makedirs("reports/metrics", exist_ok=True)
+os.makedirs("reports/per_query", exist_ok=True)
 scale = p["train"]["scale"]
 for name, base in (("scifact", 0.1), ("fiqa", 0.2)):
     json.dump({"ndcg@10": base * scale, "recall@100": 0.9}, open(f"reports/metrics/{name}.json", "w"))
+    json.dump({"q1": {"ndcg@10": base * scale}, "q2": {"ndcg@10": 0.0}}, open(f"reports/per_query/{name}.json", "w"))
 """
 
 
@@ -35,14 +37,16 @@ def dvc_repo(tmp_path, monkeypatch):
         monkeypatch.setenv(key, value)
     repo = tmp_path / "repo"
     repo.mkdir()
-    (repo / "params.yaml").write_text("train:\n  scale: 1\nevaluate:\n  k_values: [1, 10]\n")
+    (repo / "params.yaml").write_text("prepare:\n  datasets: {scifact: {}, fiqa: {}}\ntrain:\n  scale: 1\n"
+                                      "evaluate:\n  k_values: [1, 10]\n")
     (repo / "stage.py").write_text(STAGE)
     (repo / "dvc.yaml").write_text(textwrap.dedent(f"""\
         stages:
           evaluate:
             cmd: {sys.executable} stage.py
             deps: [stage.py]
-            params: [train, evaluate]
+            params: [prepare, train, evaluate]
+            outs: [reports/per_query]
             metrics:
               - reports/metrics/scifact.json: {{cache: false}}
               - reports/metrics/fiqa.json: {{cache: false}}
@@ -80,6 +84,10 @@ def test_load_experiments_lists_baseline_and_experiments(dvc_repo, tmp_path):
     # The report reads a snapshot: the same table.
     snapshot = table_from_file(save_experiments(dvc_repo, tmp_path / "experiments.json"))
     assert snapshot["ndcg@10/fiqa"].tolist() == df["ndcg@10/fiqa"].tolist()
+    # ... with each experiment's per-query values, read from the DVC cache at its revision.
+    per_query = snapshot.attrs["per_query"]
+    assert per_query["triple"]["fiqa"] == pytest.approx({"q1": 0.6, "q2": 0.0})
+    assert per_query["double"]["scifact"] == pytest.approx({"q1": 0.2, "q2": 0.0})
 
     png = plot_ablation(df, tmp_path / "ablation.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

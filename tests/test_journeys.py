@@ -124,6 +124,23 @@ def test_make_ablation_adds_the_experiment_to_the_report(demo):
     assert rows and re.search(r"\| 16 \|", ablations), ablations
 
 
+def test_make_seeds_and_make_encoders_feed_the_report(demo):
+    # README, "Seeds and encoders", at toy scale: the tiny random BERT of the tests trains in seconds. `make encoders`
+    # runs it with the demo's seed, `make seeds` once more with seed 7: a seed group of two, and an encoder
+    # comparison against the demo's MiniLM run.
+    repo, tiny = demo["repo"], "../tests/fixtures/pylate/bert/base"
+    run(f"make encoders ENCODERS={tiny}", repo)
+    run(f"make seeds SEEDS=7 EXP_FLAGS='-S demo/params.yaml:train.base_model={tiny}'", repo)
+    reports = repo / "demo" / "reports"
+    seeds = (reports / "seeds.csv").read_text().splitlines()
+    assert len(seeds) == 2 and ",pydocs,2," in seeds[1], seeds  # one group, one dataset, two seeds
+    encoders = (reports / "encoders.csv").read_text()
+    assert tiny in encoders
+    index = (reports / "README.md").read_text()
+    assert "## Seed variance" in index and "## Encoders" in index
+    assert (reports / "figures" / "seeds.png").stat().st_size > 10_000
+
+
 def test_outputs_round_trip_through_a_dvc_remote(demo, tmp_path):
     # README, "Sharing artifacts".
     repo = demo["repo"]

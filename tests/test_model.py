@@ -1,7 +1,5 @@
 """colbench.model: resolving model params, building the study's ColBERT, loading checkpoints, fingerprints."""
 
-import os
-
 import json
 import shutil
 import time
@@ -17,8 +15,8 @@ from colbench.model import build_colbert, load_colbert, model_fingerprint, resol
 FIXTURES = Path(__file__).parent / "fixtures" / "pylate"
 BERT_BASE = FIXTURES / "bert" / "base"
 BERT_COLBERT = FIXTURES / "bert" / "pylate-colbert"
+MODERNBERT_BASE = FIXTURES / "modernbert" / "base"
 TEXTS = ["Wind tunnel tests, at low speed!", "Boundary-layer control; lift."]
-
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +193,13 @@ def test_fingerprint_tracks_weights_and_settings():
     with torch.no_grad():
         a[1].linear.weight[0, 0] += 1e-3
     assert model_fingerprint(a)["sha256"] != fp["sha256"]
+
+
+def test_the_attention_kernel_is_a_setting_not_a_change_of_numbers():
+    texts = ["wind tunnel models", "a query about swept wings and propellers"]
+    base = MODERNBERT_BASE
+    default = build_colbert(str(base), seed=42, device="cpu")
+    eager = build_colbert(str(base), seed=42, device="cpu", attn_implementation="eager")
+    assert eager[0].auto_model.config._attn_implementation == "eager"
+    for ours, theirs in zip(eager.encode_document(texts), default.encode_document(texts), strict=True):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)

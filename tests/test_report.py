@@ -135,7 +135,13 @@ def test_export_html_and_index(tmp_path):
     ablations = pd.DataFrame({"experiment": ["main", "lr-half"], "role": ["baseline", "experiment"],
                               "train.args.learning_rate": [8e-5, 4e-5], "ndcg@10/scifact": [0.731, 0.702]})
     ablations.attrs.update(params=["train.args.learning_rate"], metrics=["ndcg@10/scifact"])
-    index = report.write_index(reports, headline, [html], ablations).read_text()
+    run = report.run_description({"model": "/models/published", "seed": {"base": 42, "train": 7},
+                                  "git": {"revision": "0123456789abcdef", "dirty": False}})
+    index = report.write_index(reports, headline, [html], run=run, sections=[
+        ("Ablations", "Experiments.", report.ablation_table(ablations)), ("Seed variance", "None yet.", pd.DataFrame())],
+    ).read_text()
+    assert "**Evaluated checkpoint**: `/models/published`" in index and "training 7" in index
+    assert "## Seed variance" not in index  # an empty section is left out
     assert "| scifact | 73.10 |" in index
     assert "| lr-half | experiment | 4e-05 | 70.20 |" in index  # metrics x100, one row per experiment
     assert "[evaluate](html/evaluate.html)" in index

@@ -36,6 +36,9 @@ from colbench.train import (
 FIXTURES = Path(__file__).parent / "fixtures"
 KD = FIXTURES / "kd_tiny"
 BERT = FIXTURES / "pylate" / "bert" / "base"
+# ModernBERT has no dropout (nor has ModernBERT-base): training is deterministic, so splits of a step and DDP can be
+# compared loss for loss. BERT draws dropout masks, whose stream depends on how a step is cut.
+MODERNBERT = FIXTURES / "pylate" / "modernbert" / "base"
 REPO = Path(__file__).resolve().parents[1]
 NO_CUDA = not torch.cuda.is_available()
 
@@ -350,11 +353,13 @@ def test_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_run
 
 
 @pytest.mark.slow
-def test_ddp_on_two_cpu_processes_keeps_replicas_identical(tmp_path):
+def test_ddp_on_two_cpu_processes_keeps_the_step_and_the_losses_of_one_process(tmp_path):
     from sentence_transformers import MultiVectorEncoder
 
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
-    config = tiny_config(tmp_path, max_steps=3)
+    single = {**tiny_config(tmp_path / "single", max_steps=3), "base_model": str(MODERNBERT)}
+    train(**single)
+    config = {**tiny_config(tmp_path / "ddp", max_steps=3), "base_model": str(MODERNBERT)}
     config_file = tmp_path / "config.json"
     config_file.write_text(json.dumps(config))
     result = subprocess.run(
@@ -366,13 +371,45 @@ def test_ddp_on_two_cpu_processes_keeps_replicas_identical(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     record = read_json(Path(config["output_dir"]) / "colbench_train.json")
-    assert record["world_size"] == 2
+    assert record["world_size"] == 2 and record["batch_split"] == {"micro_batch": 2, "accumulation": 1}
     digests = record["replica_parameter_sha256"]  # each rank hashed its own parameters
     assert len(digests) == 2 and digests[0] == digests[1] == record["parameter_sha256"]
     assert parameter_sha256(MultiVectorEncoder(config["output_dir"])) == record["parameter_sha256"]
-    log = read_json(config["log_path"])
-    # Two ranks x batch 2 x accumulation 2 = 8 of the 16 queries per step: half an epoch per step.
-    assert [(r["step"], r["epoch"]) for r in log["records"]] == [(1, 0.5), (2, 1.0), (3, 1.5)]
+    # The step stays batch 2 x accumulation 2 = 4 of the 16 queries (2 ranks x 2, no accumulation), the same
+    # queries as one process sees, so the same losses (to float summation order).
+    ddp = read_json(config["log_path"])["records"]
+    one = read_json(single["log_path"])["records"]
+    assert [(r["step"], r["epoch"]) for r in ddp] == [(1, 0.25), (2, 0.5), (3, 0.75)]
+    for ours, theirs in zip(ddp, one, strict=True):
+        assert ours["loss"] == pytest.approx(theirs["loss"], abs=1e-6)
+        assert ours["grad_norm"] == pytest.approx(theirs["grad_norm"], rel=1e-4)
+
+
+def test_a_batch_split_keeps_the_optimizer_step():
+    from colbench.train import batch_split
+
+    assert batch_split(4, 4) == (4, 4)
+    assert batch_split(4, 4, micro_batch=16) == (16, 1)
+    assert batch_split(4, 4, world_size=2) == (4, 2)
+    assert batch_split(4, 4, micro_batch=8, world_size=2) == (8, 1)
+    for micro, world in ((3, 1), (16, 2)):
+        with pytest.raises(InputError, match=r"cannot make an optimizer step of 16 queries"):
+            batch_split(4, 4, micro_batch=micro, world_size=world)
+
+
+def test_every_split_of_a_step_gives_the_same_training(tmp_path):
+    # One micro-batch of 4, 2 x 2 or 4 x 1: the same queries per step, the same mean loss, the same update.
+    logs, weights_by_split = {}, {}
+    for micro in (1, 2, 4):
+        config = {**tiny_config(tmp_path / f"micro{micro}", max_steps=3), "base_model": str(MODERNBERT)}
+        weights_by_split[micro] = weights(train(**config, micro_batch=micro))
+        logs[micro] = [r for r in read_json(config["log_path"])["records"] if "loss" in r]
+    for micro in (1, 4):
+        for ours, theirs in zip(logs[micro], logs[2], strict=True):
+            assert ours["loss"] == pytest.approx(theirs["loss"], abs=1e-6)
+            assert ours["grad_norm"] == pytest.approx(theirs["grad_norm"], rel=1e-5)
+        for name, tensor in weights_by_split[micro].items():
+            torch.testing.assert_close(tensor, weights_by_split[2][name], atol=1e-5, rtol=0)
 
 
 def test_an_existing_checkpoint_is_recorded_not_trained(tmp_path):

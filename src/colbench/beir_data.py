@@ -6,8 +6,8 @@ A collection folder (BEIR's format, also what the prepare stage writes):
   ``manifest.json`` (source, split, counts, n_queries_dropped_without_qrels, sha256, url when downloaded).
 
 Everything is checked before anything is written; every problem raises :class:`InputError` naming the
-file (and line), the id and what to do. Loading goes through beir's `GenericDataLoader` after checks it
-does not make (bad lines, duplicate ids, dangling qrels, a missing qrels header).
+file (and line), the id and what to do: bad lines, duplicate ids, dangling qrels, a missing qrels header
+(beir's own loader checks none of these; beir downloads the datasets, see `colbench.hub`).
 """
 
 from __future__ import annotations
@@ -112,11 +112,12 @@ def prepare_beir(
 def load_beir_folder(folder: str | Path, split: str) -> tuple[list[dict], list[dict], list[tuple[str, str, int]], int]:
     """Check a BEIR folder and load it: (corpus, queries with qrels, qrels rows, queries dropped).
 
-    Loads through beir's GenericDataLoader after checks it does not make (bad lines, duplicate ids,
-    dangling qrels). Orders: corpus and queries as in their files, qrels as in the tsv.
+    Reads the files itself rather than through beir's GenericDataLoader: the checks below need every line
+    parsed anyway (bad lines, duplicate ids, dangling qrels, with file and line in the message), and beir's
+    loader would parse them a second time, with progress bars in the notebooks. The result is what beir's
+    loader gives: corpus and queries in file order, a query kept only if it has a qrel in ``split``, qrels as
+    in the tsv (a repeated pair once).
     """
-    from beir.datasets.data_loader import GenericDataLoader
-
     folder = Path(folder)
     qrels_path = folder / "qrels" / f"{split}.tsv"
     missing = [p.name for p in (folder / "corpus.jsonl", folder / "queries.jsonl") if not p.is_file()]
@@ -125,31 +126,29 @@ def load_beir_folder(folder: str | Path, split: str) -> tuple[list[dict], list[d
         missing.append(f"qrels/{split}.tsv (splits here: {have or 'none'})")
     if missing:
         raise InputError(f"BEIR folder {folder}: missing {', '.join(missing)}")
-    doc_ids = _scan_ids(folder / "corpus.jsonl", ("_id", "text"))
-    query_order = _scan_ids(folder / "queries.jsonl", ("_id", "text"))
-    if not doc_ids:
+    documents = _scan_records(folder / "corpus.jsonl", ("_id", "text"))
+    queries = _scan_records(folder / "queries.jsonl", ("_id", "text"))
+    if not documents:
         raise InputError(f"{folder / 'corpus.jsonl'} is empty: a collection needs documents")
-    rows = _scan_qrels(qrels_path)
-    docs_set, queries_set = set(doc_ids), set(query_order)
-    for kind, known, index in (("documents", docs_set, 1), ("queries", queries_set, 0)):
+    rows = list(dict.fromkeys(_scan_qrels(qrels_path)))
+    for kind, known, index in (("documents", documents, 1), ("queries", queries, 0)):
         unknown = [row[index] for row in rows if row[index] not in known]
         if unknown:
             raise InputError(f"{qrels_path}: {len(unknown)} qrel(s) reference {kind} not in the folder, e.g. "
                              f"{unknown[0]!r}; fix the qrels or the {'corpus' if index else 'queries'} file")
-    corpus, queries, qrels = GenericDataLoader(data_folder=str(folder)).load(split=split)
-    corpus_records = [{"_id": i, "title": corpus[i].get("title") or "", "text": corpus[i].get("text") or ""}
-                      for i in doc_ids]
-    kept = [{"_id": q, "text": queries[q]} for q in query_order if q in qrels]
-    blank = [q["_id"] for q in kept if not (q["text"] or "").strip()]
+    corpus = [{"_id": i, "title": r.get("title") or "", "text": r.get("text") or ""} for i, r in documents.items()]
+    judged = {row[0] for row in rows}
+    kept = [{"_id": q, "text": r.get("text") or ""} for q, r in queries.items() if q in judged]
+    blank = [q["_id"] for q in kept if not q["text"].strip()]
     if blank:
         raise InputError(f"{folder / 'queries.jsonl'}: {len(blank)} judged quer(ies) have an empty text, e.g. "
                          f"{blank[0]!r}; give them text or remove them and their qrels")
-    qrels_rows = [(q, d, s) for q, docs in qrels.items() for d, s in docs.items()]
-    return corpus_records, kept, qrels_rows, len(query_order) - len(kept)
+    return corpus, kept, rows, len(queries) - len(kept)
 
 
-def _scan_ids(path: Path, required: tuple[str, ...]) -> list[str]:
-    ids: list[str] = []
+def _scan_records(path: Path, required: tuple[str, ...]) -> dict[str, dict]:
+    """The records of a corpus or queries file by id, in file order, each id checked."""
+    records: dict[str, dict] = {}
     seen: dict[str, int] = {}
     for number, record in read_jsonl(path, required):
         value = record["_id"]
@@ -165,8 +164,8 @@ def _scan_ids(path: Path, required: tuple[str, ...]) -> list[str]:
             if record.get(key) is not None and not isinstance(record[key], str):
                 raise InputError(f"{path}:{number}: {key} of {value!r} is {type(record[key]).__name__}, expected a string")
         seen[value] = number
-        ids.append(value)
-    return ids
+        records[value] = record
+    return records
 
 
 def _scan_qrels(path: Path) -> list[tuple[str, str, int]]:

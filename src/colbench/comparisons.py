@@ -2,7 +2,8 @@
 comparisons of recipes that differ in one setting (e.g. the base encoder).
 
 Both read the experiments table (`colbench.experiments.experiments_table` with ``all_params=True``) and the
-per-query metric of each experiment (the snapshot keeps them, see `colbench.experiments.save_experiments`):
+per-query metric of each experiment (the snapshot keeps them, see `colbench.experiments.save_experiments`),
+one row per configuration (`distinct_runs`):
 
 - A *seed group* is a set of experiments whose params are equal except ``train.seed`` (the seed of data order
   and the projection's initialisation): no labelling by hand. `seed_summary` gives, per dataset, the mean,
@@ -27,6 +28,25 @@ from colbench.evaluate import paired_bootstrap
 
 SEED_KEY = "train.seed"
 ENCODER_KEY = "train.base_model"
+
+
+def distinct_runs(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``table`` that have per-query values, one per configuration: the committed baseline and the
+    workspace are the same configuration when the workspace reproduces it (the baseline's outputs may exist only
+    on the machine that committed them, the workspace's are here); the baseline is kept when both have values."""
+    if table.empty:
+        return table
+    per_query = table.attrs.get("per_query", {})
+    params = table.attrs.get("params", [])
+    order = {"baseline": 0, "experiment": 1, "workspace": 2}
+    kept = table[table["experiment"].isin(per_query)].copy()
+    kept["_order"] = kept["role"].map(order)
+    kept["_signature"] = kept.apply(lambda row: json.dumps({p: row[p] for p in params}, sort_keys=True, default=str),
+                                    axis=1)
+    kept = kept.sort_values("_order", kind="stable").drop_duplicates("_signature").sort_index()
+    result = kept.drop(columns=["_order", "_signature"])
+    result.attrs = dict(table.attrs)
+    return result
 
 
 def groups_varying(table: pd.DataFrame, key: str) -> list[pd.DataFrame]:

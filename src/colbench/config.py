@@ -114,6 +114,10 @@ class TrainArgs:
     logging_steps: int = field(metadata=_positive())
     save_steps: int = field(metadata=_positive())
     save_total_limit: int = field(metadata=_positive())
+    # Speed only, the same update (see README, "Run the full study"):
+    optim: Literal["adamw_torch", "adamw_torch_fused"] = "adamw_torch"
+    torch_compile: bool = False
+    dataloader_num_workers: int = field(default=0, metadata=_check(lambda v: v >= 0, ">= 0"))
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,7 @@ class Canary:
 
 @dataclass(frozen=True)
 class Train:
+    seed: int  # data order and the projection's initialisation; base.seed seeds everything else
     checkpoint: str | None
     base_model: str
     model: ModelConfig
@@ -142,6 +147,8 @@ class Train:
     eval: TrainEval
     init_checkpoint: str | None = None
     canary: Canary | None = None
+    micro_batch: int | None = field(default=None, metadata=_check(lambda v: v > 0, "null or > 0"))
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = None
 
 
 @dataclass(frozen=True)
@@ -158,6 +165,7 @@ class Index:
     M: int = field(metadata=_check(lambda v: v >= 2, ">= 2"))
     ef_construction: int = field(metadata=_positive())
     storage: Literal["float32", "float8", "e4m3"]
+    num_threads: int = field(default=-1, metadata=_check(lambda v: v == -1 or v > 0, "-1 (all cores) or > 0"))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,8 @@ def experiments_table(entries: list[dict[str, Any]], *, metrics: Iterable[str] =
     for key in metric_keys:
         table[key] = pd.to_numeric(table[key], errors="coerce")  # a broken metric reads as NaN
     table.attrs["params"], table.attrs["metrics"] = param_keys, metric_keys
+    # Per experiment, {dataset: {query_id: metric}} where the snapshot holds it (see save_experiments).
+    table.attrs["per_query"] = {r["experiment"]: r["_per_query"] for r in rows if r["_per_query"]}
     return table
 
 
@@ -142,7 +144,7 @@ def _row(entry: Mapping[str, Any], role: str, name: str | None, wanted: set[str]
     for file, content in (data.get("metrics") or {}).items():
         for key, value in _flatten((content or {}).get("data") or {}).items():
             *above, leaf = key.split(".")
-            if leaf in wanted:
+            if leaf in wanted and len(above) <= 1:  # deeper keys are variants (e.g. a dataset's other_protocol)
                 found[f"{leaf}/{above[-1] if above else _dataset_of(file)}"] = value
     error = entry.get("error")
     return {
@@ -154,6 +156,7 @@ def _row(entry: Mapping[str, Any], role: str, name: str | None, wanted: set[str]
         "error": (error.get("msg") if isinstance(error, Mapping) else str(error)) if error else "",
         "_params": params,
         "_metrics": found,
+        "_per_query": data.get("per_query") or {},
     }
 
 
@@ -195,10 +198,45 @@ def save_experiments(pipeline_dir: str | Path, out: str | Path, dvc_exe: str = "
     pipeline_dir = Path(pipeline_dir).resolve()
     root = _dvc_root(pipeline_dir)
     scope = pipeline_dir.relative_to(root).as_posix()
-    entries = scope_entries(_exp_show(root, dvc_exe, all_commits=False), "" if scope == "." else scope,
+    scope = "" if scope == "." else scope
+    entries = scope_entries(_exp_show(root, dvc_exe, all_commits=False), scope,
                             others=_pipelines_under(pipeline_dir, root))
+    for entry in _all_entries(entries):
+        entry["data"]["per_query"] = _per_query(root, scope, entry)
     write_json(out, entries)
     return Path(out)
+
+
+def _all_entries(entries: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Every entry with data: the workspace, the baselines and each experiment's newest rev."""
+    for entry in entries:
+        if entry.get("data"):
+            yield entry
+        for group in entry.get("experiments") or []:
+            if group.get("revs") and group["revs"][0].get("data"):
+                yield group["revs"][0]
+
+
+def _per_query(root: Path, scope: str, entry: Mapping[str, Any], metric: str = "ndcg@10") -> dict[str, dict[str, float]]:
+    """``{dataset: {query_id: metric}}`` of one experiment, read from the DVC cache at its revision (its evaluate
+    stage's per-query file): what the report needs for seed intervals and paired comparisons. Datasets whose
+    file this machine's cache does not hold (a baseline run elsewhere) are left out."""
+    import dvc.api
+
+    from colbench.config import LAYOUT
+
+    rev = entry.get("rev") or entry["data"].get("rev")
+    datasets = ((entry["data"].get("params") or {}).get("params.yaml", {}).get("data", {})
+                .get("prepare", {}).get("datasets", {}))
+    found = {}
+    for dataset in datasets:
+        path = "/".join(filter(None, [scope, LAYOUT.reports, "per_query", f"{dataset}.json"]))
+        try:
+            per_query = json.loads(dvc.api.read(path, repo=str(root), rev=None if rev == "workspace" else rev))
+        except Exception:  # noqa: BLE001 - not in this machine's cache: the report shows the metrics without it
+            continue
+        found[dataset] = {qid: values[metric] for qid, values in per_query.items()}
+    return found
 
 
 def scope_entries(entries: list[dict[str, Any]], scope: str, others: Iterable[str] = ()) -> list[dict[str, Any]]:

@@ -116,12 +116,8 @@ def plot_ablation(df: pd.DataFrame, path: str | Path, metric: str = "ndcg@10") -
     The legend names each experiment with its params that differ from the rest (last key part).
     """
     columns = [c for c in df.columns if str(c).startswith(f"{metric}/")]
-    if df.empty:  # no experiments yet: say how to make some rather than leave the figure out
-        fig, ax = plt.subplots(figsize=(7, 2))
-        ax.axis("off")
-        ax.text(0.5, 0.5, "No DVC experiments yet: run `make ablation`\n(dvc exp run --temp -S <param>=<value>)",
-                ha="center", va="center", fontsize=11)
-        return write_png(fig, path)
+    if df.empty:
+        return placeholder(path, "No DVC experiments yet: run `make ablation`\n(dvc exp run --temp -S <param>=<value>)")
     if not columns:
         raise InputError(f"no {metric!r} columns in the experiments table: do the metrics files contain it?")
     params = df.attrs.get("params", [])
@@ -154,3 +150,67 @@ def _num(value: float) -> str:
     if abs(value) >= 100:
         return f"{value:,.0f}"
     return f"{value:.1f}" if abs(value) >= 1 else f"{value:.3g}"
+
+
+def plot_seeds(seeds: pd.DataFrame, summary: pd.DataFrame, path: str | Path, *, metric: str = "ndcg@10",
+               reference_label: str = "published") -> Path:
+    """One panel per dataset: each seed's ``metric`` (x100) with its bootstrap interval, the mean and the
+    mean +- one standard deviation across seeds as a band, and the published value as a line."""
+    datasets = list(summary["dataset"])
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets) + 1, 4), squeeze=False)
+    for ax, row in zip(axes[0], summary.itertuples(index=False), strict=True):
+        runs = seeds[seeds["dataset"] == row.dataset].reset_index(drop=True)
+        x = np.arange(len(runs))
+        values = runs[metric].to_numpy(float)
+        err = np.vstack([values - runs["ci_low"].to_numpy(float), runs["ci_high"].to_numpy(float) - values])
+        ax.errorbar(x, values, yerr=err, fmt="o", capsize=4, color="tab:blue", label="seed (95 % bootstrap CI)")
+        ax.axhspan(row.mean - (row.std if np.isfinite(row.std) else 0), row.mean + (row.std if np.isfinite(row.std) else 0),
+                   color="tab:blue", alpha=0.12, label=f"mean {row.mean:.2f} +- {row.std:.2f} (std over seeds)")
+        ax.axhline(row.mean, color="tab:blue", lw=1)
+        if np.isfinite(row.published):
+            ax.axhline(row.published, color="tab:gray", ls="--", label=f"{reference_label} {row.published:.2f}")
+        ax.set_xticks(x, [f"seed {s}" for s in runs["seed"]])
+        ax.set_ylabel(f"{metric.upper()} (x100)")
+        ax.set_title(f"{row.dataset}: {row.verdict}", fontsize=9)
+        ax.margins(x=0.2)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle("The same recipe under several training seeds")
+    return write_png(fig, path)
+
+
+def plot_comparison(table: pd.DataFrame, path: str | Path, *, key: str, metric: str = "ndcg@10") -> Path:
+    """Per dataset, each compared member's ``metric`` difference (x100) against the reference, with its paired
+    bootstrap interval, and its per-query wins / losses; the reference is the zero line."""
+    compared = table[table["ci_low"].notna()].reset_index(drop=True)
+    if compared.empty:
+        raise InputError(f"nothing to compare: every row of the {key} comparison is its reference")
+    labels = [f"{row['dataset']}\n{key.split('.')[-1]} = {Path(str(row[key])).name}" for _, row in compared.iterrows()]
+    y = np.arange(len(compared))
+    fig, ax = plt.subplots(figsize=(9, 1.4 + 0.8 * len(compared)))
+    diff = compared["difference"].to_numpy(float)
+    err = np.vstack([diff - compared["ci_low"].to_numpy(float), compared["ci_high"].to_numpy(float) - diff])
+    colors = ["tab:green" if lo > 0 else "tab:red" if hi < 0 else "tab:gray"
+              for lo, hi in zip(compared["ci_low"], compared["ci_high"], strict=True)]
+    ax.barh(y, diff, xerr=err, capsize=4, color=colors)
+    for i, row in compared.iterrows():  # the verdict's numbers, right of the panel
+        ax.text(1.02, i, f"{row['difference']:+.1f} [{row['ci_low']:+.1f}, {row['ci_high']:+.1f}]\n"
+                f"wins {row['wins']}, losses {row['losses']}, ties {row['ties']}",
+                transform=ax.get_yaxis_transform(), va="center", fontsize=8)
+    ax.axvline(0, color="black", lw=1)
+    ax.set_yticks(y, labels)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{metric.upper()} difference to the reference (x100, 95 % paired bootstrap CI)")
+    ax.set_title(f"Compared by {key} (green: better, red: worse, grey: undecided)", fontsize=10)
+    ax.margins(x=0.1)
+    ax.grid(axis="x", alpha=0.3)
+    return write_png(fig, path)
+
+
+def placeholder(path: str | Path, text: str) -> Path:
+    """A figure that only says ``text``: a section with nothing to show yet says how to fill it rather than
+    leaving a declared output out."""
+    fig, ax = plt.subplots(figsize=(7, 2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=11)
+    return write_png(fig, path)

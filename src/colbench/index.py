@@ -75,7 +75,8 @@ def build_index(store: EmbeddingStore, out_dir: str | Path, *, space: str = "cos
         chunk = np.array(store.vectors[row : row + _ADD_CHUNK], dtype=np.float32)  # writable copy: Voyager refuses read-only arrays
         index.add_items(chunk, ids=list(range(row, row + chunk.shape[0])), num_threads=num_threads)
     build_s = time.perf_counter() - start
-    params = {"space": space, "M": int(M), "ef_construction": int(ef_construction), "storage": storage, "seed": int(seed)}
+    params = {"space": space, "M": int(M), "ef_construction": int(ef_construction), "storage": storage, "seed": int(seed),
+              "num_threads": int(num_threads)}
     with atomic_dir(out_dir) as tmp:
         index.save(str(tmp / "tokens.voy"))
         np.save(tmp / "token_doc.npy", np.repeat(np.arange(len(lengths), dtype=np.int32), lengths), allow_pickle=False)

@@ -118,6 +118,7 @@ def build_colbert(
     skiplist: str | list[str] = "punctuation",
     seed: int = 42,
     device: str | None = None,
+    attn_implementation: str | None = None,
 ):
     """Build the study's ColBERT (an untrained projection) from a plain base encoder.
 
@@ -125,6 +126,8 @@ def build_colbert(
     `pkg:<module>`. The result is a `sentence_transformers.MultiVectorEncoder` whose saved folder
     reloads with `MultiVectorEncoder(path)` (native config, no PyLate needed). Randomness (projection,
     new embedding rows) is drawn from `seed` in a forked RNG, so the caller's RNG state is untouched.
+    ``attn_implementation`` picks transformers' attention kernel (None: its default, sdpa; ModernBERT
+    drops the padding of a batch only with "flash_attention_2"): the same numbers, another speed.
     """
     from sentence_transformers import MultiVectorEncoder
     from sentence_transformers.base.modules import Dense, Normalize, Transformer
@@ -149,6 +152,7 @@ def build_colbert(
             query_length=None if expansion else query_length,
             document_length=document_length,
             query_expansion=expansion,
+            model_kwargs={"attn_implementation": attn_implementation} if attn_implementation else None,
         )
         hidden = transformer.get_embedding_dimension()
         dense = Dense(
@@ -200,7 +204,8 @@ def colbert_settings(model) -> dict[str, Any]:
     }
 
 
-def load_colbert(path_or_id: str, device: str | None = None, document_length: int | None = None):
+def load_colbert(path_or_id: str, device: str | None = None, document_length: int | None = None,
+                 attn_implementation: str | None = None):
     """Load a ColBERT checkpoint: one saved by this repo, a PyLate checkpoint, or a pointer folder.
 
     ``document_length`` (params.yaml encode.document_length) overrides the tokens a document keeps, for
@@ -239,7 +244,8 @@ def load_colbert(path_or_id: str, device: str | None = None, document_length: in
             "config_sentence_transformers.json. Point to a folder saved by the train stage or by PyLate; "
             "a plain base encoder belongs in train.base_model"
         )
-    model = MultiVectorEncoder(folder, device=device, local_files_only=True)
+    model = MultiVectorEncoder(folder, device=device, local_files_only=True,
+                               model_kwargs={"attn_implementation": attn_implementation} if attn_implementation else None)
     model.colbench_source = str(path_or_id)
     if document_length is not None:
         model[0].document_length = int(document_length)  # part of the module config: the fingerprint follows

@@ -130,7 +130,7 @@ def run_provenance(params) -> dict[str, Any]:
     pointer = read_json(model_dir / "checkpoint.json") if (model_dir / "checkpoint.json").is_file() else {}
     record = provenance(params.file.parent.resolve())
     return {
-        "seed": params.base.seed,
+        "seed": {"base": params.base.seed, "train": params.train.seed},
         "git": record.get("git"),
         "packages": record.get("packages"),
         "hardware": record.get("hardware"),

@@ -217,28 +217,21 @@ def export_html(notebook_paths: Iterable[str | Path], out_dir: str | Path) -> li
     return written
 
 
-def write_index(reports_dir: str | Path, headline: pd.DataFrame, html_files: Iterable[str | Path],
-                ablations: pd.DataFrame | None = None) -> Path:
-    """Write ``reports_dir/README.md``: the headline table, the ablations (a table from
-    :func:`colbench.experiments.table_from_file`, when it has rows), links to the HTML notebooks, the
-    figures (every PNG under ``reports_dir``) and the tables (CSV / Markdown), all as relative links."""
+def write_index(reports_dir: str | Path, headline: pd.DataFrame, html_files: Iterable[str | Path], *,
+                run: Sequence[str] = (), sections: Sequence[tuple[str, str, pd.DataFrame]] = ()) -> Path:
+    """Write ``reports_dir/README.md``: what this run evaluated (``run``, Markdown lines), the headline table,
+    the ``sections`` that have rows (title, one sentence, table), links to the HTML notebooks, the figures
+    (every PNG under ``reports_dir``) and the tables (CSV / Markdown), all as relative links."""
     reports_dir = Path(reports_dir)
     index = reports_dir / "README.md"
 
     def rel(p: Path) -> str:
         return Path(os.path.relpath(Path(p).resolve(), reports_dir.resolve())).as_posix()
 
-    lines = ["# Report", "", "## Headline", "", markdown_table(headline).rstrip(), ""]
-    if ablations is not None and len(ablations):
-        metrics = ablations.attrs.get("metrics", [])
-        params = ablations.attrs.get("params", [])
-        shown = ablations[["experiment", "role"]].copy()
-        for param in params:  # as written in params.yaml (a learning rate is not a 2-decimal number)
-            shown[param] = ablations[param].map(str)
-        for metric in metrics:
-            shown[metric] = 100 * ablations[metric]
-        lines += ["## Ablations", "", "DVC experiments (metrics x100); the baseline is this pipeline's committed "
-                  "configuration.", "", markdown_table(shown).rstrip(), ""]
+    lines = ["# Report", "", *run, "", "## Headline", "", markdown_table(headline).rstrip(), ""]
+    for title, sentence, table in sections:
+        if len(table):
+            lines += [f"## {title}", "", sentence, "", markdown_table(table).rstrip(), ""]
     html = [Path(p) for p in html_files]
     if html:
         lines += ["## Executed notebooks", ""] + [f"- [{p.stem}]({rel(p)})" for p in html] + [""]
@@ -254,7 +247,39 @@ def write_index(reports_dir: str | Path, headline: pd.DataFrame, html_files: Ite
     return index
 
 
+def ablation_table(ablations: pd.DataFrame) -> pd.DataFrame:
+    """The experiments table as the index shows it: name, role, the params that differ, metrics x100."""
+    if ablations.empty:
+        return ablations
+    shown = ablations[["experiment", "role"]].copy()
+    for param in ablations.attrs.get("params", []):  # as written in params.yaml (a learning rate is not a 2-decimal number)
+        shown[param] = ablations[param].map(str)
+    for metric in ablations.attrs.get("metrics", []):
+        shown[metric] = 100 * ablations[metric]
+    return shown
+
+
+def run_description(provenance: Mapping[str, Any]) -> list[str]:
+    """Markdown lines saying what this run evaluated: an existing checkpoint, or the model trained here."""
+    model = provenance.get("model")
+    if isinstance(model, str):
+        what = f"**Evaluated checkpoint**: `{model}` (existing; nothing was trained in this run)."
+    else:
+        model = model or {}
+        what = (f"**Evaluated model**: trained here from `{model.get('base_model')}` for {model.get('global_step')} "
+                f"steps (parameters sha256 `{str(model.get('parameter_sha256'))[:16]}`).")
+    seeds = provenance.get("seed") or {}
+    git = provenance.get("git") or {}
+    return [what, f"Seeds: base {seeds.get('base')}, training {seeds.get('train')}; code revision "
+                  f"`{str(git.get('revision'))[:12]}`{' (with uncommitted changes)' if git.get('dirty') else ''}."]
+
+
 # ---------------------------------------------------------------------------------------- helpers
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    # An empty table is written as a header alone, or as nothing at all when it has no columns.
+    return pd.read_csv(path) if path.is_file() and path.stat().st_size > 1 else pd.DataFrame()
 
 
 def _dataset_from_name(path: Path, stage: str) -> str:
@@ -347,6 +372,52 @@ def per_query_against_baseline(params, dataset: str, metric: str = "ndcg@10") ->
                           run_a, run_b, metric=metric, n=params.report.per_query_examples)
 
 
+def seed_study(experiments: pd.DataFrame, reference: Mapping[str, float], figure: str | Path, *,
+               samples: int, confidence: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every seed group among ``experiments`` (a table with all params, see `colbench.comparisons`): the summary
+    per group and dataset, each seed's value and interval, and ``figure`` for the largest group (a placeholder
+    saying how to make one when there is none)."""
+    from colbench import figures
+    from colbench.comparisons import SEED_KEY, distinct_runs, groups_varying, seed_summary
+
+    summaries, runs = [], []
+    groups = sorted(groups_varying(distinct_runs(experiments), SEED_KEY), key=len, reverse=True)
+    for number, group in enumerate(groups, start=1):
+        summary, seeds = seed_summary(group, experiments.attrs.get("per_query", {}), reference, samples=samples,
+                                      confidence=confidence, seed=seed)
+        summaries.append(summary.assign(group=number))
+        runs.append(seeds.assign(group=number))
+    if not groups or summaries[0].empty:
+        figures.placeholder(figure, "No seed group yet: run `make seeds`\n(the same configuration under several "
+                                    "train.seed values)")
+        return pd.DataFrame(), pd.DataFrame()
+    figures.plot_seeds(runs[0], summaries[0], figure)
+    return pd.concat(summaries, ignore_index=True), pd.concat(runs, ignore_index=True)
+
+
+def encoder_comparison(experiments: pd.DataFrame, figure: str | Path, *, samples: int, confidence: float,
+                       seed: int) -> pd.DataFrame:
+    """Every group of experiments differing only in ``train.base_model``, each member against the group's
+    baseline (the committed configuration or the workspace reproducing it, else its first member), per
+    dataset; ``figure`` shows them all."""
+    from colbench import figures
+    from colbench.comparisons import ENCODER_KEY, distinct_runs, groups_varying, paired_comparison
+
+    tables = []
+    for group in groups_varying(distinct_runs(experiments), ENCODER_KEY):
+        baseline = group[group["role"].isin(["baseline", "workspace"])]
+        reference = (baseline if len(baseline) else group).iloc[0]["experiment"]
+        tables.append(paired_comparison(group, experiments.attrs.get("per_query", {}), key=ENCODER_KEY,
+                                        reference_row=reference, samples=samples, confidence=confidence, seed=seed))
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    if table.empty or table["ci_low"].isna().all():
+        figures.placeholder(figure, "No encoder comparison yet: run `make encoders`\n(the same recipe on other "
+                                    "train.base_model values)")
+    else:
+        figures.plot_comparison(table, figure, key=ENCODER_KEY)
+    return table
+
+
 def main(argv: Sequence[str] | None = None) -> Path:
     """``python -m colbench.report [params.yaml]``: export the executed notebooks to HTML and write the index.
 
@@ -363,7 +434,16 @@ def main(argv: Sequence[str] | None = None) -> Path:
     reports = params.path("reports")
     html = export_html(sorted((reports / "notebooks").glob("*.ipynb")), reports / "html")
     headline = pd.read_csv(reports / "study_table.csv")
-    index = write_index(reports, headline, html, table_from_file(reports / "experiments.json"))
+    sections = [
+        ("Ablations", "DVC experiments (metrics x100); the baseline is this pipeline's committed configuration.",
+         ablation_table(table_from_file(reports / "experiments.json"))),
+        ("Seed variance", "The same configuration under several training seeds (x100): spread across seeds, and where "
+         "the published value lies.", _read_csv(reports / "seeds.csv")),
+        ("Encoders", "The same recipe on other base encoders (x100): difference to the baseline with its paired "
+         "bootstrap interval, and per-query wins and losses.", _read_csv(reports / "encoders.csv")),
+    ]
+    index = write_index(reports, headline, html, run=run_description(read_json(reports / "provenance.json")),
+                        sections=sections)
     print(f"report: {len(html)} notebooks exported to {reports / 'html'}; index {index}")
     return index
 

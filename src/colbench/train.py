@@ -71,12 +71,32 @@ def resolve_precision(bf16: bool | str, tf32: bool | str) -> tuple[bool, bool | 
     return use_bf16, use_tf32
 
 
+def batch_split(per_device: int, accumulation: int, *, micro_batch: int | None = None,
+                world_size: int = 1) -> tuple[int, int]:
+    """``(queries per forward pass, accumulation steps)`` that keep the optimizer step at ``per_device x
+    accumulation`` queries (the study's 4 x 4 = 16 on one GPU) with ``micro_batch`` queries per pass (None:
+    ``per_device``) on each of ``world_size`` processes.
+
+    The loss of a step is the mean of its micro-batches' batch-mean losses (the trainer divides each by the
+    accumulation), and equal micro-batches make that the mean over the step's queries: any split of the same
+    queries is the same update. A split that cannot keep the step's size is refused.
+    """
+    step = per_device * accumulation
+    micro = micro_batch or per_device
+    if step % (micro * world_size):
+        raise InputError(f"train.micro_batch={micro} on {world_size} process(es) cannot make an optimizer step of "
+                         f"{step} queries (train.args.per_device_train_batch_size x gradient_accumulation_steps): "
+                         f"choose a micro-batch and process count whose product divides {step}")
+    return micro, step // (micro * world_size)
+
+
 def training_arguments(
     args: dict[str, Any],
     *,
     output_dir: str | Path,
     seed: int,
     prompts: dict[str, str] | None = None,
+    micro_batch: int | None = None,
     eval_steps: int | None = None,
     with_evaluator: bool = False,
 ):
@@ -84,11 +104,15 @@ def training_arguments(
 
     ``warmup_ratio`` becomes ``warmup_steps`` (transformers 5 takes a fraction there), bf16/tf32
     go through `resolve_precision`; every other key must be a TrainingArguments field. ``prompts``
-    (`collator_prompts`) is what the trainer's collator prepends to each column.
+    (`collator_prompts`) is what the trainer's collator prepends to each column. The batch is split by
+    `batch_split` for ``micro_batch`` and the number of processes (torchrun's ``WORLD_SIZE``).
     """
     from sentence_transformers import MultiVectorEncoderTrainingArguments
 
     settings = dict(args)
+    settings["per_device_train_batch_size"], settings["gradient_accumulation_steps"] = batch_split(
+        settings["per_device_train_batch_size"], settings["gradient_accumulation_steps"], micro_batch=micro_batch,
+        world_size=int(os.environ.get("WORLD_SIZE", "1")))
     bf16, tf32 = resolve_precision(settings.pop("bf16", "auto"), settings.pop("tf32", "auto"))
     if "warmup_ratio" in settings:
         settings["warmup_steps"] = settings.pop("warmup_ratio")
@@ -268,6 +292,8 @@ def build_trainer(
     args: dict[str, Any],
     seed: int,
     init_checkpoint: str | None = None,
+    micro_batch: int | None = None,
+    attn_implementation: str | None = None,
     canary: dict[str, Any] | None = None,
     evaluator=None,
     eval_steps: int | None = None,
@@ -292,10 +318,10 @@ def build_trainer(
     # 1. Model: built from the base encoder (seeded: the projection's random init is the same on every run
     # and rank), or an existing ColBERT checkpoint to train further.
     if init_checkpoint:
-        model = load_colbert(init_checkpoint)
+        model = load_colbert(init_checkpoint, attn_implementation=attn_implementation)
         check_model_settings(model, model_kwargs, init_checkpoint)
     else:
-        model = build_colbert(base_model, **model_kwargs, seed=seed)
+        model = build_colbert(base_model, **model_kwargs, seed=seed, attn_implementation=attn_implementation)
     # 2. Data: validated before any training step.
     manifest = kd_manifest(kd_dir)
     dataset = load_kd_dataset(kd_dir, n_ways=n_ways, max_samples=max_samples)
@@ -304,7 +330,7 @@ def build_trainer(
     # 4. Arguments, with the prompts the collator must prepend to each column.
     training_args = training_arguments(
         args, output_dir=checkpoints_dir, seed=seed, prompts=collator_prompts(model, list(dataset[0])),
-        eval_steps=eval_steps, with_evaluator=evaluator is not None,
+        micro_batch=micro_batch, eval_steps=eval_steps, with_evaluator=evaluator is not None,
     )
 
     config = {
@@ -317,6 +343,7 @@ def build_trainer(
         "seed": seed,
         "max_samples": max_samples,
         "world_size": training_args.world_size,
+        "micro_batch": training_args.per_device_train_batch_size,  # resumed data positions depend on the split
         "data": {"manifest": manifest, "n_train": dataset.num_rows},
     }
     digest = config_hash(config)
@@ -359,6 +386,8 @@ def train(
     args: dict[str, Any],
     seed: int,
     init_checkpoint: str | None = None,
+    micro_batch: int | None = None,
+    attn_implementation: str | None = None,
     canary: dict[str, Any] | None = None,
     evaluator=None,
     eval_steps: int | None = None,
@@ -380,7 +409,8 @@ def train(
     trainer, run = build_trainer(
         kd_dir=kd_dir, checkpoints_dir=checkpoints_dir, log_path=log_path, base_model=base_model,
         model_kwargs=model_kwargs, loss_kwargs=loss_kwargs, args=args, seed=seed, init_checkpoint=init_checkpoint,
-        canary=canary, evaluator=evaluator, eval_steps=eval_steps, max_samples=max_samples, callbacks=callbacks,
+        micro_batch=micro_batch, attn_implementation=attn_implementation, canary=canary, evaluator=evaluator, eval_steps=eval_steps, max_samples=max_samples,
+        callbacks=callbacks,
     )
     model, log, resume_from = trainer.model, run["log"], run["resume_from"]
 
@@ -406,6 +436,8 @@ def train(
             "loss": loss_kwargs,
             "args": args,
             "resolved_precision": {"bf16": trainer.args.bf16, "tf32": trainer.args.tf32},
+            "batch_split": {"micro_batch": trainer.args.per_device_train_batch_size,
+                            "accumulation": trainer.args.gradient_accumulation_steps},
             "seed": seed,
             "max_samples": max_samples,
             "world_size": trainer.args.world_size,
