@@ -112,7 +112,7 @@ def settings(config: str, steps: int) -> dict:
         "model_kwargs": model,
         "loss_kwargs": loss,
         "args": args,
-        "seed": params.base.seed,
+        "seed": params.train.seed,
         "kd_dir": str(params.path("kd")),
         "overrides": overrides,
     }
@@ -195,6 +195,7 @@ def kd_folder(config: str, setup: dict, root: Path, steps: int) -> tuple[str, st
         n_documents=2000,
         n_candidates=setup["loss_kwargs"]["n_ways"],
         doc_words=doc_words,
+        query_words=(4, 12),  # as before train_gpu.py drew MS MARCO-like lengths (queries are padded to 32 anyway)
         seed=0,
     )
     return str(folder), f"synthetic, {doc_words[0]}-{doc_words[1]} words per document"

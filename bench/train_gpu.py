@@ -1,31 +1,90 @@
-"""GPU training throughput of the study's configuration (ModernBERT-base ColBERT, 32-way KD).
+"""GPU training throughput of the study's configuration, and of speed levers that leave its update unchanged.
 
-Runs `colbench.train.train` -- the pipeline's own code path -- for a few hundred optimizer steps on a
-synthetic KD set shaped like ms-marco-en-bge (short queries, passages truncated at 180 tokens,
-32 candidates per query, batch 4 x accumulation 4, bf16 + tf32 where the GPU has them). The encoder
-is ModernBERT-base's architecture built offline from `ModernBertConfig` with random weights: speed and
-memory depend on the shapes, not on the weights. Reports samples (queries) per second after warm-up,
-peak GPU memory and the projected wall time of one epoch over the study's 808,728 queries.
+What runs: `colbench.train.train`, the pipeline's own code path, with the study's settings read from
+params.yaml by `colbench.config.load_params` (`train.model`, `train.loss`, `train.args`, `train.seed`,
+`train.micro_batch`, `train.attn_implementation`), on a synthetic KD set prepared by the pipeline's
+`colbench.kd.prepare_kd`. What the benchmark overrides is recorded per run under ``overrides``:
 
-    python bench/train_gpu.py --out reports/bench/train_gpu.json            # one H200: < 5 minutes
-    python bench/train_gpu.py --device cpu --steps 2 --model-size tiny --out /tmp/x.json   # smoke
+- the base model: ModernBERT-base's architecture (hidden 768, 22 layers, 12 heads, GLU 1152, local
+  attention 128 with a global layer every third) built offline from `ModernBertConfig` with random
+  weights, with the repository's offline stand-in tokenizer (the BERT WordPiece fixture; ModernBERT's own
+  BPE makes about as many tokens of English text): speed and memory depend on shapes, not on weights.
+  ``--model-size tiny`` (2 layers of 64) is for smoke tests (``--smoke``: tiny, on the CPU, 4-way);
+- ``max_steps`` (warm-up + ``--steps`` + 1: the clock stops training one step short of it, so that no
+  final checkpoint is written), ``logging_steps`` 5 (the losses are compared between configurations),
+  ``save_steps`` past the end; on CPU (smoke) bf16 and tf32 are off;
+- the levers, each one a setting of the pipeline that keeps the optimizer step at the study's
+  per_device x accumulation = 4 x 4 = 16 queries and the same arithmetic: ``--micro-batch`` (train.micro_batch:
+  queries per forward pass, accumulation recomputed by `colbench.train.batch_split`),
+  ``--attn-implementation`` (train.attn_implementation), ``--optim adamw_torch_fused``,
+  ``--torch-compile`` and ``--workers`` (train.args.optim / torch_compile / dataloader_num_workers).
 
-Without CUDA (and without ``--device cpu``) it exits with status 2 and says why.
+Not run: the held-out evaluator, the loss canary and checkpoints (every 5,000 steps in the study), so the
+time is that of training steps alone.
+
+Synthetic data (MS MARCO-like): 32 candidates per query (the study's `train.loss.n_ways`); passages of
+``round(X)`` words with X lognormal, mean 60 words, sigma 0.45 (median 54 words; 87 % of passages have
+30-120 words, 2 % more than 135), clipped to [8, 250]; queries lognormal, mean 6 words, sigma 0.4,
+clipped to [2, 20]. Words are 77 % common English words (one token each), 20 % longer words that the
+tokenizer splits (1.7 tokens each) and 3 % numbers, with a comma after 7 % of words and a full stop ending
+sentences of about 15 words: about 1.3 tokens per word, as English passages have. Documents are cut at
+the study's 180 tokens by the model (`train.model.document_length`), queries padded to 32 with [MASK].
+
+Measured per configuration, each in a fresh child process (its own compile caches, allocator, peak memory):
+
+- seconds per optimizer step and queries per second over the steps after ``--warmup-steps`` (allocator
+  growth, kernel selection and compilation happen in the first steps), with the GPU synchronised at both
+  ends of the timed window; the window closes after ``--steps`` steps or ``--max-seconds``;
+- tokens per optimizer step, counted on the collated batches as the loss receives them (a forward
+  pre-hook on the loss): query tokens (all 32 per query are computed and scored: the attended ones and
+  the [MASK] expansion), document tokens whose attention mask is 1 (real) and the document tokens the
+  encoder computes (padded: the loss runs the 32 document columns as one forward, padded to the widest);
+- model FLOPs per step = 6 x parameters x real tokens (the usual estimate of a forward and a backward
+  pass; parameters without the token-embedding matrix, which is a lookup; attention scores left out) and
+  MFU = model FLOP/s / 989 TFLOP/s, the H200 SXM's dense bf16 peak (NVIDIA's datasheet; 1,979 is with
+  sparsity; a large bf16 product reached about 790 on this machine). ``padded_mfu`` counts padded tokens;
+- peak GPU memory allocated, and the hours one epoch of the study's 808,728 queries would take;
+- the loss logged every 5 steps against the first configuration's: the same data order and initial
+  weights, so only the arithmetic's rounding may differ.
+
+``--sweep`` runs, in this order, within ``--budget`` seconds: params.yaml as it is (4 x 4, sdpa); micro-batch
+16 (one forward of 16 queries x 32 documents); + fused AdamW; + 4 dataloader workers; + torch.compile;
+and + flash_attention_2 (without compile) when the flash_attn package imports (sentence-transformers 6.2
+refuses it with the study's `attend_to_expansion_tokens: false`: the row then shows that refusal).
+torch.compile comes last because it is the slowest to start: if it runs out of time it costs no other row.
+
+    python bench/train_gpu.py --sweep                       # one H200: about 5 minutes, reports/bench/train_gpu.*
+    python bench/train_gpu.py --micro-batch 16 --optim adamw_torch_fused   # one configuration
+    python bench/train_gpu.py --smoke [--sweep]             # CPU, tiny model, into /tmp: checks that it runs
+
+Without CUDA (and without ``--smoke`` / ``--device cpu``) it exits with status 2 and says why.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.util
 import json
+import math
 import os
 import random
+import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
 STUDY_QUERIES = 808_728
-WORDS = (
+TARGET_QUERIES_PER_S = 112  # the issue's target: the 808,728-query epoch in about 2 hours
+H200_BF16_PEAK = 989e12  # dense bf16 FLOP/s of the H200 SXM (NVIDIA datasheet)
+LOG_EVERY = 5
+SMOKE_OUT = Path(tempfile.gettempdir()) / "colbench-bench-smoke"
+
+COMMON_WORDS = (
     "the of and to in is was for on with as by at from that this which be are an or it were "
     "has have not but had they his her their its one two three first new more other after also "
     "city river government university population company music system water energy history war "
@@ -34,6 +93,33 @@ WORDS = (
     "language law court election party president member building station road line game player "
     "album song book series character power network software computer program service product"
 ).split()
+# MS MARCO-like words that WordPiece (and BPE) split into two or three pieces.
+LONG_WORDS = (
+    "approximately temperature symptoms ingredients cholesterol fahrenheit mortgage deductible photosynthesis "
+    "celsius prescription manufacturer recommended requirements certification insurance vitamins bacteria "
+    "pregnancy definition pronunciation kilometers headquarters constitution independence calories "
+    "carbohydrates antibiotics ligament tendon salary hourly paycheck refinance contractor thermostat "
+    "inflammation diagnosis medication dosage ounces tablespoons teaspoon acres inches thyroid hormone "
+    "estrogen migraine dermatitis eczema allergies pneumonia bronchitis vaccine itinerary passport "
+    "registration dealership warranty transmission"
+).split()
+
+
+def words_lognormal(rng: random.Random, mean: float, sigma: float, low: int, high: int) -> int:
+    """A word count: lognormal with the given mean (not median) and sigma of log, rounded and clipped."""
+    mu = math.log(mean) - sigma**2 / 2
+    return min(high, max(low, round(rng.lognormvariate(mu, sigma))))
+
+
+def synthetic_text(rng: random.Random, n_words: int) -> str:
+    """English-like text of ``n_words`` words, about 1.3 tokens per word (see the module docstring)."""
+    out = []
+    for i in range(n_words):
+        r = rng.random()
+        word = rng.choice(LONG_WORDS) if r < 0.20 else str(rng.randint(1, 2025)) if r < 0.23 else rng.choice(COMMON_WORDS)
+        r = rng.random()
+        out.append(word + ("," if r < 0.07 else "." if r < 0.137 or i == n_words - 1 else ""))
+    return " ".join(out)
 
 
 def write_synthetic_kd(
@@ -42,17 +128,18 @@ def write_synthetic_kd(
     n_queries: int,
     n_documents: int,
     n_candidates: int,
-    doc_words: tuple[int, int],
-    query_words: tuple[int, int] = (4, 12),
+    doc_words: tuple[int, int] | None = None,
+    query_words: tuple[int, int] | None = None,
     seed: int = 0,
 ) -> Path:
     """A KD folder in the prepared format, deterministic in ``seed``.
 
-    The synthetic tables are written as a local KD source and prepared by the pipeline's own
-    `colbench.kd.prepare_kd` (the same checks, schema and manifest as the prepare stage).
+    Passage and query lengths follow the MS MARCO-like distributions of the module docstring; a
+    ``(low, high)`` in ``doc_words`` / ``query_words`` draws uniformly from that range instead
+    (bench/train_cpu.py's reference configuration wants passages that all reach the cap). The synthetic
+    tables are written as a local KD source and prepared by the pipeline's own `colbench.kd.prepare_kd`
+    (the same checks, schema and manifest as the prepare stage).
     """
-    import shutil
-
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -62,15 +149,15 @@ def write_synthetic_kd(
     raw = folder.with_name(folder.name + ".source")
     raw.mkdir(parents=True, exist_ok=True)
 
-    def text(low: int, high: int) -> str:
-        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(low, high)))
+    def n_words(uniform, mean, sigma, low, high):
+        return rng.randint(*uniform) if uniform else words_lognormal(rng, mean, sigma, low, high)
 
     doc_ids = [f"d{i}" for i in range(n_documents)]
-    pq.write_table(
-        pa.table({"document_id": doc_ids, "text": [text(*doc_words) for _ in doc_ids]}), raw / "documents.parquet"
-    )
+    doc_texts = [synthetic_text(rng, n_words(doc_words, 60, 0.45, 8, 250)) for _ in doc_ids]
+    pq.write_table(pa.table({"document_id": doc_ids, "text": doc_texts}), raw / "documents.parquet")
     query_ids = [f"q{i}" for i in range(n_queries)]
-    pq.write_table(pa.table({"query_id": query_ids, "text": [text(*query_words) for _ in query_ids]}), raw / "queries.parquet")
+    query_texts = [synthetic_text(rng, n_words(query_words, 6, 0.4, 2, 20)) for _ in query_ids]
+    pq.write_table(pa.table({"query_id": query_ids, "text": query_texts}), raw / "queries.parquet")
     candidates = [rng.sample(doc_ids, n_candidates) for _ in query_ids]
     scores = [sorted((rng.uniform(-5, 10) for _ in range(n_candidates)), reverse=True) for _ in query_ids]
     pq.write_table(pa.table({"query_id": query_ids, "document_ids": candidates, "scores": scores}), raw / "train.parquet")
@@ -80,13 +167,17 @@ def write_synthetic_kd(
 
 
 def write_modernbert_base(folder: Path, tokenizer_dir: Path, size: str) -> Path:
-    """A randomly initialised ModernBERT encoder folder, with ModernBERT-base's sizes (or tiny ones)."""
+    """A randomly initialised ModernBERT encoder folder with ModernBERT-base's sizes (or tiny ones); reused
+    when ``folder`` already holds one of that size (the GPU script builds it once for both benchmarks)."""
+    marker = folder / "colbench_bench_size.txt"
+    if marker.is_file() and marker.read_text() == size:
+        return folder
     import torch
     from transformers import AutoTokenizer, ModernBertConfig, ModernBertModel
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     sizes = (
-        # answerdotai/ModernBERT-base's config.json (hidden 768, 22 layers, 12 heads, GLU 1152).
+        # answerdotai/ModernBERT-base's config.json; the other ModernBertConfig defaults are base's too.
         dict(hidden_size=768, num_hidden_layers=22, num_attention_heads=12, intermediate_size=1152, vocab_size=50368)
         if size == "base"
         else dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=96, vocab_size=len(tokenizer))
@@ -104,153 +195,437 @@ def write_modernbert_base(folder: Path, tokenizer_dir: Path, size: str) -> Path:
     torch.manual_seed(0)
     ModernBertModel(config).save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
+    marker.write_text(size)
     return folder
 
 
-def run(options: argparse.Namespace) -> dict:
+# ----------------------------------------------------------------------------------- configurations
+LEVERS = ("micro_batch", "attn_implementation", "optim", "torch_compile", "workers")
+
+
+def sweep_configs(workers: int) -> list[tuple[str, dict]]:
+    """The sweep's configurations, each adding one lever to the one before (levers not named: params.yaml's)."""
+    fast = {"micro_batch": 16}
+    configs = [("params.yaml (4 x 4)", {}), ("micro-batch 16", dict(fast))]
+    fast["optim"] = "adamw_torch_fused"
+    configs.append(("+ fused AdamW", dict(fast)))
+    fast["workers"] = workers
+    configs.append((f"+ {workers} workers", dict(fast)))
+    configs.append(("+ torch.compile", {**fast, "torch_compile": True}))
+    if importlib.util.find_spec("flash_attn") is not None:
+        configs.append(("+ flash_attention_2 (no compile)", {**fast, "attn_implementation": "flash_attention_2"}))
+    return configs
+
+
+def settings(levers: dict, *, steps: int, warmup: int, cuda: bool, base_model: str, smoke: bool = False) -> dict:
+    """`train`'s keyword arguments: params.yaml's train sections, the benchmark's overrides and ``levers``
+    (``smoke``: 4 candidates per query instead of 32, so that a step of the tiny model takes seconds on a CPU).
+
+    Returns them with ``overrides`` = ``{key: {"params": file's value, "bench": value used}}``.
+    """
+    from colbench.config import load_params
+
+    params = load_params(REPO / "params.yaml")
+    t = params.train
+    sections = {
+        "train": {"base_model": t.base_model, "micro_batch": t.micro_batch, "attn_implementation": t.attn_implementation},
+        "train.loss": dataclasses.asdict(t.loss),
+        "train.args": dataclasses.asdict(t.args),
+    }
+    wanted = {
+        ("train", "base_model"): base_model,
+        ("train.args", "max_steps"): warmup + steps + 1,  # the clock stops one short: no final checkpoint
+        ("train.args", "logging_steps"): LOG_EVERY,
+        ("train.args", "save_steps"): 10**9,
+        # Step 1's loss as well: the same weights and data in every configuration, so only rounding may differ.
+        ("train.args", "logging_first_step"): True,
+    }
+    if not cuda:
+        wanted.update({("train.args", "bf16"): False, ("train.args", "tf32"): False})
+    if smoke:
+        wanted["train.loss", "n_ways"] = 4
+    for name, value in levers.items():
+        key = {"optim": "optim", "torch_compile": "torch_compile", "workers": "dataloader_num_workers"}.get(name)
+        wanted["train.args" if key else "train", key or name] = value
+    overrides = {}
+    for (section, name), value in wanted.items():
+        if sections[section].get(name) != value:
+            overrides[f"{section}.{name}"] = {"params": sections[section].get(name), "bench": value}
+        sections[section][name] = value
+    return {
+        "base_model": sections["train"]["base_model"],
+        "micro_batch": sections["train"]["micro_batch"],
+        "attn_implementation": sections["train"]["attn_implementation"],
+        "model_kwargs": dataclasses.asdict(t.model),
+        "loss_kwargs": sections["train.loss"],
+        "args": sections["train.args"],
+        "seed": t.seed,
+        "overrides": overrides,
+    }
+
+
+# ------------------------------------------------------------------------------- one configuration
+class TokenCounter:
+    """Forward pre-hook on the loss: counts the tokens of each micro-batch it receives.
+
+    Shapes are read on the host; the attention-mask sums stay on the device until the end, so counting
+    adds no synchronisation to the timed steps.
+    """
+
+    def __init__(self) -> None:
+        self.micro_batches = 0
+        self.query_tokens = 0  # [batch, 32]: attended tokens and [MASK] expansion, all computed and scored
+        self.doc_collated = 0  # the document columns' own shapes
+        self.doc_padded = 0  # what the encoder computes: the columns merged into one batch as wide as the widest
+        self.sums = None  # device tensor [query attended, document real]
+
+    def __call__(self, module, args):
+        import torch
+
+        query, docs = args[0][0], args[0][1:]  # the loss's (features per column, labels): query, then documents
+        self.micro_batches += 1
+        self.query_tokens += query["input_ids"].numel()
+        self.doc_collated += sum(d["input_ids"].numel() for d in docs)
+        self.doc_padded += max(d["input_ids"].shape[1] for d in docs) * sum(d["input_ids"].shape[0] for d in docs)
+        sums = torch.stack([query["attention_mask"].sum(), torch.stack([d["attention_mask"].sum() for d in docs]).sum()])
+        self.sums = sums if self.sums is None else self.sums + sums
+
+    def per_step(self, steps: int) -> dict:
+        attended, doc_real = (int(v) for v in self.sums.tolist())
+        real = self.query_tokens + doc_real
+        padded = self.query_tokens + self.doc_padded
+        return {
+            "query_tokens": self.query_tokens / steps,
+            "query_attended_tokens": attended / steps,
+            "document_real_tokens": doc_real / steps,
+            "document_collated_tokens": self.doc_collated / steps,
+            "document_padded_tokens": self.doc_padded / steps,
+            "real_tokens": real / steps,
+            "padded_tokens": padded / steps,
+            "padding_share": 1 - real / padded,
+            "micro_batches_per_step": self.micro_batches / steps,
+        }
+
+
+def run_config(spec: dict) -> dict:
+    """One configuration in this process: train, time, count; returns the result row."""
     import torch
     from transformers import TrainerCallback
 
-    from colbench.train import train
+    import colbench.loss
+    import colbench.train
 
-    cuda = options.device == "cuda"
-    work = Path(tempfile.mkdtemp(prefix="colbench-train-gpu-"))
-    queries_needed = options.steps * options.batch * options.accum
-    kd = write_synthetic_kd(
-        work / "kd",
-        n_queries=queries_needed,
-        n_documents=max(2000, queries_needed),
-        n_candidates=options.n_ways,
-        doc_words=(100, 260),  # most passages reach the 180-token cap, as the study's do at the tail
-        seed=0,
-    )
-    base = write_modernbert_base(work / "base", Path(options.tokenizer), options.model_size)
+    cuda = spec["device"] == "cuda"
+    warmup, steps, max_seconds = spec["warmup_steps"], spec["steps"], spec["max_seconds"]
+    counter = TokenCounter()
+    build_kd_loss = colbench.loss.build_kd_loss
+
+    def counted_loss(model, **kwargs):
+        loss = build_kd_loss(model, **kwargs)
+        loss.register_forward_pre_hook(counter)
+        return loss
+
+    # colbench.train imports build_kd_loss when it builds the trainer (or at import, were it moved to the top),
+    # so this wraps the pipeline's own loss; a hook that never ran is refused below.
+    colbench.loss.build_kd_loss = counted_loss
+    if hasattr(colbench.train, "build_kd_loss"):
+        colbench.train.build_kd_loss = counted_loss
 
     class Clock(TrainerCallback):
-        """Step end times; stops training once the time budget is spent."""
+        """Opens the timed window after the warm-up steps, closes it (and stops training) after ``steps``
+        steps or ``max_seconds``; synchronises the GPU only at those two points."""
 
         def __init__(self) -> None:
-            self.ends: list[float] = []
-            self.start = time.perf_counter()
-            self.attn: str | None = None
+            self.t0 = self.t1 = None
+            self.timed = 0
+            self.model_info = {}
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
-            # The attention kernel transformers picked (sdpa, flash_attention_2, eager) decides speed.
-            inner = getattr(model, "module", model)
-            self.attn = getattr(getattr(inner[0].auto_model, "config", None), "_attn_implementation", None)
+            inner = getattr(model, "_orig_mod", getattr(model, "module", model))
+            encoder = inner[0].auto_model
+            n_params = sum(p.numel() for p in inner.parameters())
+            n_embed = encoder.get_input_embeddings().weight.numel()
+            self.model_info = {"attn_implementation": getattr(encoder.config, "_attn_implementation", None),
+                               "parameters": n_params, "parameters_without_embeddings": n_params - n_embed}
             return control
 
-        def on_step_end(self, args, state, control, **kwargs):
+        def sync(self) -> float:
             if cuda:
                 torch.cuda.synchronize()
-            self.ends.append(time.perf_counter())
-            if self.ends[-1] - self.start > options.max_seconds:
+            return time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == warmup:
+                self.t0 = self.sync()
+            elif self.t0 is not None and (state.global_step - warmup >= steps or time.perf_counter() - self.t0 > max_seconds):
+                self.t1 = self.sync()
+                self.timed = state.global_step - warmup
                 control.should_training_stop = True
             return control
 
     clock = Clock()
+    work = Path(spec["work"])
+    setup = spec["settings"]
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    train(
-        kd_dir=kd,
-        output_dir=work / "model",
-        checkpoints_dir=work / "checkpoints",
-        log_path=work / "log.json",
-        base_model=str(base),
-        model_kwargs=dict(embedding_dim=128, query_length=32, document_length=180),
-        loss_kwargs=dict(n_ways=options.n_ways, normalize_scores=True, temperature=1.0, masked_positions="zero"),
-        args=dict(
-            learning_rate=8e-5,
-            num_train_epochs=1,
-            max_steps=options.steps,
-            per_device_train_batch_size=options.batch,
-            gradient_accumulation_steps=options.accum,
-            warmup_ratio=0.05,
-            lr_scheduler_type="linear",
-            weight_decay=0.0,
-            max_grad_norm=1.0,
-            bf16="auto" if cuda else False,
-            tf32="auto" if cuda else False,
-            logging_steps=max(1, options.steps // 10),
-            save_steps=10**9,  # no intermediate checkpoints: they would be timed too
-            save_total_limit=1,
-            dataloader_num_workers=options.workers,
-            use_cpu=not cuda,
-        ),
-        seed=42,
-        callbacks=[clock],
-    )
-    total = time.perf_counter() - started
-    log = json.loads((work / "log.json").read_text())
+    colbench.train.train(
+        kd_dir=spec["kd_dir"], output_dir=work / "model", checkpoints_dir=work / "checkpoints", log_path=work / "log.json",
+        base_model=setup["base_model"], model_kwargs=setup["model_kwargs"], loss_kwargs=setup["loss_kwargs"],
+        args=setup["args"], seed=setup["seed"], micro_batch=setup["micro_batch"],
+        attn_implementation=setup["attn_implementation"], callbacks=[clock])
+    wall = time.perf_counter() - started
+    if not clock.timed:
+        raise RuntimeError("no timed steps: raise --steps or --max-seconds")
+    if not counter.micro_batches:
+        raise RuntimeError("the token counter never ran: colbench.train no longer builds its loss through "
+                           "colbench.loss.build_kd_loss; update run_config")
     record = json.loads((work / "model" / "colbench_train.json").read_text())
-    warm = min(options.warmup_steps, len(clock.ends) - 1)
-    timed_steps = len(clock.ends) - 1 - warm if len(clock.ends) > 1 else 0
-    seconds = clock.ends[-1] - clock.ends[warm] if timed_steps else float("nan")
-    queries_per_step = options.batch * options.accum
-    samples_per_s = timed_steps * queries_per_step / seconds if timed_steps else float("nan")
-    result = {
-        "bench": "train_gpu",
-        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
-        "model_size": options.model_size,
-        "architecture": "ModernBERT (random init, offline config)",
-        "attn_implementation": clock.attn,
+    log = json.loads((work / "log.json").read_text())
+    steps_run = warmup + clock.timed
+    seconds = (clock.t1 - clock.t0) / clock.timed
+    queries_per_step = setup["args"]["per_device_train_batch_size"] * setup["args"]["gradient_accumulation_steps"]
+    tokens = counter.per_step(steps_run)
+    n = clock.model_info["parameters_without_embeddings"]
+    peak = spec["peak_flops"]
+    return {
+        "status": "ok",
+        **clock.model_info,
         "precision": record["resolved_precision"],
-        "n_ways": options.n_ways,
+        "batch_split": record["batch_split"],
         "queries_per_step": queries_per_step,
-        "document_length": 180,
-        "steps_run": len(clock.ends),
-        "steps_timed": timed_steps,
-        "warmup_steps_excluded": warm + 1,
-        "seconds_per_step": seconds / timed_steps if timed_steps else None,
-        "samples_per_s": samples_per_s,
-        "documents_per_s": samples_per_s * options.n_ways,
-        "projected_hours_808728": STUDY_QUERIES / samples_per_s / 3600 if timed_steps else None,
+        "steps_run": steps_run,
+        "steps_timed": clock.timed,
+        "seconds_per_step": seconds,
+        "queries_per_s": queries_per_step / seconds,
+        "projected_hours": STUDY_QUERIES / (queries_per_step / seconds) / 3600,
+        "tokens_per_step": tokens,
+        "model_tflop_per_step": 6 * n * tokens["real_tokens"] / 1e12,
+        "mfu": 6 * n * tokens["real_tokens"] / seconds / peak if cuda else None,
+        "padded_mfu": 6 * n * tokens["padded_tokens"] / seconds / peak if cuda else None,
         "gpu_memory_peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
-        "gpu_memory_reserved_peak_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else None,
-        "first_loss": next((r["loss"] for r in log["records"] if "loss" in r), None),
-        "final_loss": record["final_loss"],
-        "wall_s_total": total,
-        "provenance": record["provenance"],
+        "losses": {r["step"]: r["loss"] for r in log["records"] if "loss" in r},
+        "wall_s": wall,
     }
-    return result
+
+
+# ---------------------------------------------------------------------------------------- the parent
+def run_child(spec: dict, root: Path, timeout: float) -> dict:
+    """Run one configuration in a fresh process; a timeout kills its whole process group (dataloader workers too)."""
+    spec_file, result_file, log_file = (root / f"{spec['slug']}.{x}" for x in ("spec.json", "result.json", "log"))
+    spec_file.write_text(json.dumps(spec))
+    # Nothing of an earlier run in the same --work may pass for this one's (a result, a checkpoint to resume).
+    result_file.unlink(missing_ok=True)
+    shutil.rmtree(spec["work"], ignore_errors=True)
+    with open(log_file, "w") as log:
+        child = subprocess.Popen([sys.executable, __file__, "--child", str(spec_file), "--child-result", str(result_file)],
+                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code = child.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            return {"status": f"timed out after {timeout:.0f} s (budget)", "log_tail": log_file.read_text()[-2000:]}
+    if code or not result_file.is_file():
+        return {"status": f"failed (exit {code})", "log_tail": log_file.read_text()[-2000:]}
+    return json.loads(result_file.read_text())
+
+
+def compare_losses(rows: list[dict]) -> None:
+    """Add to each row the largest relative difference of its logged losses from the first ok row's."""
+    first = next((r for r in rows if r["status"] == "ok"), None)
+    for row in rows:
+        if row["status"] != "ok" or first is None:
+            continue
+        common = [s for s in row["losses"] if s in first["losses"]]
+        row["loss_max_rel_diff_vs_first"] = (
+            max(abs(row["losses"][s] - first["losses"][s]) / abs(first["losses"][s]) for s in common) if common else None)
+        row["loss_steps_compared"] = len(common)
+
+
+def markdown(result: dict) -> str:
+    def num(value, fmt):
+        return "" if value is None else format(value, fmt)
+
+    lines = [
+        "# GPU training benchmark",
+        "",
+        f"{result['device']}; ModernBERT-{result['model_size']} architecture at random weights, the study's settings "
+        f"(params.yaml: {result['n_ways']}-way KD, documents cut at {result['document_length']} tokens, "
+        f"optimizer step of {result['queries_per_step']} queries); synthetic MS MARCO-like passages "
+        "(see bench/train_gpu.py). Each configuration in its own process; "
+        f"{result['warmup_steps']} warm-up steps left out of the timing.",
+        "",
+        "| configuration | micro-batch x accum. | attention | s/step | queries/s | hours for 808,728 queries | "
+        "real / padded tokens per step | model TFLOP/step | MFU (real / padded) | peak GiB | loss vs first | status |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in result["configs"]:
+        if row["status"] != "ok":
+            lines.append(f"| {row['name']} | | | | | | | | | | | {row['status']} |")
+            continue
+        split, tok = row["batch_split"], row["tokens_per_step"]
+        mfu = f"{row['mfu']:.1%} / {row['padded_mfu']:.1%}" if row["mfu"] is not None else "(cpu)"
+        lines.append(
+            f"| {row['name']} | {split['micro_batch']} x {split['accumulation']} | {row['attn_implementation']} | "
+            f"{row['seconds_per_step']:.3f} | {row['queries_per_s']:.1f} | {row['projected_hours']:.1f} | "
+            f"{tok['real_tokens']:,.0f} / {tok['padded_tokens']:,.0f} | {row['model_tflop_per_step']:.1f} | {mfu} | "
+            f"{num(row['gpu_memory_peak_gib'], '.1f')} | {num(row.get('loss_max_rel_diff_vs_first'), '.1e')} | ok |"
+        )
+    best = result.get("best")
+    lines += [
+        "",
+        f"Target: {TARGET_QUERIES_PER_S} queries/s ({STUDY_QUERIES / TARGET_QUERIES_PER_S / 3600:.1f} h for the epoch). "
+        + (f"Best: {best['name']}, {best['queries_per_s']:.1f} queries/s ({best['queries_per_s'] / TARGET_QUERIES_PER_S:.0%} "
+           "of the target)." if best else "No configuration finished."),
+        "",
+        "Tokens per optimizer step, counted on the collated batches the loss receives: real = every query token "
+        "(32 per query, [MASK] expansion included: computed and scored) + document tokens with attention mask 1; "
+        "padded = what the encoder computes (the 32 document columns run as one batch padded to the widest). "
+        "Model FLOPs = 6 x parameters (without the token-embedding matrix) x real tokens; "
+        f"MFU against {result['peak_tflops']:.0f} TFLOP/s ({result['peak_source']}). "
+        "Loss vs first: largest relative difference of the losses logged at step 1 and every "
+        f"{LOG_EVERY} steps from the first configuration's (same data and initial weights).",
+        "",
+    ]
+    tok = next((r["tokens_per_step"] for r in result["configs"] if r["status"] == "ok"), None)
+    if tok:
+        lines.insert(-1, f"Per step (first configuration): {tok['query_tokens']:,.0f} query tokens "
+                         f"({tok['query_attended_tokens']:,.0f} attended), {tok['document_real_tokens']:,.0f} real "
+                         f"document tokens, {tok['document_padded_tokens']:,.0f} computed: "
+                         f"{tok['padding_share']:.0%} of the computed tokens are padding.")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="where the JSON result goes")
+    parser.add_argument("--out-dir", type=Path, help="where train_gpu.json / .md go (default reports/bench; "
+                                                      f"with --smoke {SMOKE_OUT})")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    parser.add_argument("--steps", type=int, default=200, help="optimizer steps (each: batch x accum queries)")
-    parser.add_argument("--warmup-steps", type=int, default=5, help="steps left out of the timing")
-    parser.add_argument("--max-seconds", type=float, default=180.0, help="stop training after this long")
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--accum", type=int, default=4)
-    parser.add_argument("--n-ways", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=2, help="dataloader worker processes")
+    parser.add_argument("--smoke", action="store_true", help="CPU, tiny model, 4-way, 2 timed steps, output to a "
+                                                             "temporary folder: checks that it runs")
+    parser.add_argument("--sweep", action="store_true", help="run the list of configurations (module docstring)")
+    parser.add_argument("--steps", type=int, default=40, help="timed optimizer steps at most, per configuration")
+    parser.add_argument("--warmup-steps", type=int, default=3, help="steps left out of the timing")
+    parser.add_argument("--max-seconds", type=float, default=15.0, help="timed window per configuration at most")
+    parser.add_argument("--budget", type=float, default=260.0, help="seconds for all configurations together; "
+                                                                    "a configuration still running then is killed")
+    parser.add_argument("--micro-batch", type=int, help="train.micro_batch (queries per forward pass)")
+    parser.add_argument("--attn-implementation", choices=("sdpa", "eager", "flash_attention_2"))
+    parser.add_argument("--optim", choices=("adamw_torch", "adamw_torch_fused"))
+    parser.add_argument("--torch-compile", action="store_true")
+    parser.add_argument("--workers", type=int, help="train.args.dataloader_num_workers (sweep: 4)")
     parser.add_argument("--model-size", choices=("base", "tiny"), default="base")
-    parser.add_argument(
-        "--tokenizer",
-        default=str(Path(__file__).resolve().parents[1] / "tests/fixtures/pylate/modernbert/base"),
-        help="a local tokenizer folder (offline stand-in for ModernBERT's)",
-    )
+    parser.add_argument("--work", type=Path, help="folder for the model and data (default: a new temporary one)")
+    parser.add_argument("--tokenizer", type=Path, default=REPO / "tests/fixtures/pylate/modernbert/base",
+                        help="a local tokenizer folder (offline stand-in for ModernBERT's)")
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # internal: run one spec
+    parser.add_argument("--child-result", type=Path, help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if options.smoke:
+        # One thread: on a small shared CPU, two OpenMP threads waiting on each other made steps 15x slower.
+        os.environ["OMP_NUM_THREADS"] = "1"
+
+    if options.child:
+        result = run_config(json.loads(options.child.read_text()))
+        options.child_result.write_text(json.dumps(result))
+        return 0
+
+    if options.smoke:
+        options.device, options.model_size = "cpu", "tiny"
+        options.steps, options.warmup_steps = min(options.steps, 2), min(options.warmup_steps, 1)
+    out_dir = options.out_dir or (SMOKE_OUT if options.smoke else REPO / "reports" / "bench")
+    if options.smoke and out_dir.resolve() == (REPO / "reports" / "bench").resolve():
+        parser.error("--smoke numbers must not replace the committed reports/bench results: choose another --out-dir")
+    if options.steps < 1 or options.warmup_steps < 1:
+        parser.error("--steps and --warmup-steps must be at least 1")
     import torch
 
-    if options.device == "cuda" and not torch.cuda.is_available():
-        print(
-            "train_gpu: no CUDA device visible (torch.cuda.is_available() is False, torch "
-            f"{torch.__version__}). Run it on a GPU machine, or smoke-test with --device cpu --steps 2 --model-size tiny.",
-            file=sys.stderr,
-        )
+    cuda = options.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        print(f"train_gpu: no CUDA device visible (torch {torch.__version__}). Run it on a GPU machine, or "
+              "smoke-test it with --smoke.", file=sys.stderr)
         return 2
-    result = run(options)
-    options.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = options.out.with_name(options.out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(options.out)  # atomic: a killed run leaves no half-written result
-    print(json.dumps({k: v for k, v in result.items() if k != "provenance"}, indent=2))
+
+    from colbench.atomic import write_json, write_text
+    from colbench.provenance import provenance
+
+    started = time.monotonic()
+    workers = min(4, os.cpu_count() or 1)
+    if options.sweep:
+        configs = sweep_configs(workers)
+    else:
+        levers = {"micro_batch": options.micro_batch, "attn_implementation": options.attn_implementation,
+                  "optim": options.optim, "torch_compile": options.torch_compile or None, "workers": options.workers}
+        levers = {k: v for k, v in levers.items() if v is not None}
+        configs = [(", ".join(f"{k}={v}" for k, v in levers.items()) or "params.yaml (4 x 4)", levers)]
+
+    root = options.work or Path(tempfile.mkdtemp(prefix="colbench-train-gpu-"))
+    root.mkdir(parents=True, exist_ok=True)
+    base = write_modernbert_base(root / f"modernbert-{options.model_size}", options.tokenizer, options.model_size)
+    first = settings({}, steps=options.steps, warmup=options.warmup_steps, cuda=cuda, base_model=str(base),
+                     smoke=options.smoke)
+    step_queries = first["args"]["per_device_train_batch_size"] * first["args"]["gradient_accumulation_steps"]
+    n_queries = (options.warmup_steps + options.steps + 1) * step_queries
+    kd = write_synthetic_kd(root / f"kd-{n_queries}", n_queries=n_queries, n_documents=min(20_000, n_queries * 32),
+                            n_candidates=first["loss_kwargs"]["n_ways"], seed=0)
+    print(f"train_gpu: data and model ready in {time.monotonic() - started:.0f} s ({root})", flush=True)
+
+    # The children find colbench where this process did (an install, or src/ on PYTHONPATH on the GPU machine).
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))
+    if not cuda:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # a CPU run: the trainer would take a visible GPU
+    rows = []
+    for i, (name, levers) in enumerate(configs):
+        left = options.budget - (time.monotonic() - started)
+        if left < 30:  # not enough for a child to even import torch and build the model
+            rows.append({"name": name, "levers": levers, "status": "skipped (budget spent)"})
+            continue
+        setup = settings(levers, steps=options.steps, warmup=options.warmup_steps, cuda=cuda, base_model=str(base),
+                         smoke=options.smoke)
+        spec = {"slug": f"config{i}", "device": options.device, "settings": setup, "kd_dir": str(kd),
+                "work": str(root / f"config{i}"), "steps": options.steps, "warmup_steps": options.warmup_steps,
+                "max_seconds": options.max_seconds, "peak_flops": H200_BF16_PEAK}
+        print(f"train_gpu: {name} ({left:.0f} s of budget left) ...", flush=True)
+        row = {"name": name, "levers": levers, "overrides": setup["overrides"], **run_child(spec, root, left)}
+        if row["status"] == "ok":
+            print(f"  {row['seconds_per_step']:.3f} s/step, {row['queries_per_s']:.1f} queries/s, "
+                  f"{row['tokens_per_step']['real_tokens']:,.0f} real / {row['tokens_per_step']['padded_tokens']:,.0f} "
+                  f"padded tokens per step", flush=True)
+        else:
+            print(f"  {row['status']}\n{row.get('log_tail', '')[-600:]}", flush=True)
+        rows.append(row)
+    compare_losses(rows)
+    ok = [r for r in rows if r["status"] == "ok"]
+    best = max(ok, key=lambda r: r["queries_per_s"]) if ok else None
+    result = {
+        "bench": "train_gpu",
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu (smoke: numbers mean nothing)",
+        "model_size": options.model_size,
+        "architecture": "ModernBERT (random init, offline config)",
+        "params_file": "params.yaml",
+        "n_ways": first["loss_kwargs"]["n_ways"],
+        "queries_per_step": step_queries,
+        "document_length": first["model_kwargs"]["document_length"],
+        "warmup_steps": options.warmup_steps,
+        "peak_tflops": H200_BF16_PEAK / 1e12,
+        "peak_source": "H200 SXM dense bf16, NVIDIA datasheet",
+        "target_queries_per_s": TARGET_QUERIES_PER_S,
+        "study_queries": STUDY_QUERIES,
+        "configs": rows,
+        "best": {"name": best["name"], "queries_per_s": best["queries_per_s"],
+                 "projected_hours": best["projected_hours"]} if best else None,
+        "wall_s": time.monotonic() - started,
+        "provenance": provenance(REPO),
+    }
+    write_json(out_dir / "train_gpu.json", result)
+    write_text(out_dir / "train_gpu.md", markdown(result))
+    if not options.work:
+        shutil.rmtree(root, ignore_errors=True)  # the model, the data and every configuration's checkpoint
+    print(markdown(result))
+    print(f"train_gpu: wrote {out_dir / 'train_gpu.json'} and .md")
     return 0
 
 

@@ -27,9 +27,16 @@ VENV = Path(sys.executable).parent.parent
 pytestmark = pytest.mark.slow
 
 
+def environment(repo: Path) -> dict[str, str]:
+    """This test's virtualenv first on PATH, and the clone's own package first on the import path (the
+    virtualenv's editable install points at the working tree the clone was made from)."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ['PATH']}",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(repo / "src"), os.environ.get("PYTHONPATH")]))}
+
+
 def run(cmd: str, cwd: Path, *, check: bool = True, timeout: int = 3600) -> subprocess.CompletedProcess:
     """A shell command as typed in the README (make targets use this test's virtualenv, never reinstalling)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    env = environment(cwd)
     if cmd.startswith("make "):
         cmd = f"make VENV={VENV} -o {VENV}/.installed {cmd[5:]}"
     done = subprocess.run(cmd, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -162,8 +169,7 @@ def test_a_killed_demo_resumes_from_its_checkpoint_and_ends_identical(demo):
     for output in ("models", "reports/metrics", "reports/costs", "data/embeddings", "data/indexes", "data/runs"):
         shutil.rmtree(folder / output, ignore_errors=True)
     shutil.rmtree(repo / ".dvc" / "cache" / "runs", ignore_errors=True)  # no run-cache shortcut: training reruns
-    env = {**os.environ, "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ['PATH']}"}
-    process = subprocess.Popen(["dvc", "repro", "report@demo"], cwd=repo, env=env, start_new_session=True,
+    process = subprocess.Popen(["dvc", "repro", "report@demo"], cwd=repo, env=environment(repo), start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = folder / "models/checkpoints/checkpoint-10/colbench_complete.json"
     deadline = time.monotonic() + 1800
@@ -209,18 +215,19 @@ def test_make_study_offline_says_what_is_missing_and_computes_nothing(study, tmp
 
 
 def test_evaluating_an_existing_checkpoint_needs_no_distillation_data(study):
-    # README, "Evaluate an existing checkpoint", offline: a checkpoint in the published checkpoint's format (PyLate
-    # 1.1.4) and a local BEIR folder; every other setting as committed (the distillation set stays the hub's).
+    # README, "Evaluate an existing checkpoint": its `dvc exp run -S train.checkpoint=...`, offline, with a local
+    # checkpoint in the published checkpoint's format (PyLate 1.1.4) for the hub id and a local BEIR folder for the
+    # downloads; every other setting as committed (the distillation set stays the hub's).
     checkpoint = study / "tests/fixtures/pylate/modernbert/pylate114-colbert"
 
-    def evaluate_checkpoint(data):
-        data["train"]["checkpoint"] = str(checkpoint)
+    def local_dataset(data):
         data["prepare"]["datasets"] = {"colliding": {"source": str(study / "tests/fixtures/beir_colliding"),
                                                      "split": "test"}}
         data["evaluate"]["ignore_identical_ids"] = {"colliding": False}
 
-    edit_params(study, evaluate_checkpoint)
-    run("make study", study)
+    edit_params(study, local_dataset)
+    run("git -c user.name=t -c user.email=t@example.com commit -qam 'local test set'", study)
+    run(f"dvc exp run -S 'train.checkpoint={checkpoint}' report@study", study)
     assert read(study / "data/kd/manifest.json")["skipped"].startswith("train.checkpoint is")
     missing = [str(p.relative_to(study)) for p in declared_outputs(study, ".") if not p.exists()]
     assert not missing, f"declared but not produced: {missing}"
@@ -228,7 +235,7 @@ def test_evaluating_an_existing_checkpoint_needs_no_distillation_data(study):
     assert metrics["identical_ids"] == "kept" and metrics["self_hits"] > 0  # numeric ids collide, as in FiQA
     assert metrics["other_protocol"]["identical_ids"] == "dropped"
     index = (study / "reports" / "README.md").read_text()
-    assert str(checkpoint) in index  # the report says which checkpoint it evaluated
+    assert f"**Evaluated checkpoint**: `{checkpoint}`" in index  # the report says which checkpoint it evaluated
     assert "other_ndcg@10" in index and "self_hits" in index  # both protocols, and what dropping removes
     assert stale_stages(study, "report@study") == set()
 
@@ -244,3 +251,10 @@ def test_adding_a_dataset_evaluates_it_beside_the_others(study):
     metrics = read(study / "reports/metrics/evaluate.json")
     assert set(metrics) == {"colliding", "tiny"} and metrics["tiny"]["queries"] == 3
     assert "| tiny |" in (study / "reports" / "README.md").read_text()
+
+
+def test_an_experiment_of_the_study_shows_in_dvc_exp_show(study):
+    # README, "Ablations": an experiment of the study pipeline (here of the checkpoint evaluation above).
+    run("dvc exp run -S train.loss.normalize_scores=false report@study", study)
+    shown = run("dvc exp show --only-changed --no-pager", study).stdout
+    assert "normalize_scores" in shown and "false" in shown.lower(), shown

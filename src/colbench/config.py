@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-from colbench.errors import InputError
+from colbench.errors import InputError, exit_with
 
 
 def _check(predicate, rule: str) -> dict:
@@ -341,8 +341,7 @@ def main() -> None:
     try:
         params = load_params(sys.argv[1] if len(sys.argv) > 1 else "params.yaml")
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        exit_with(exc)
     print(f"{params.file}: ok ({len(params.datasets)} evaluation datasets: {', '.join(params.datasets)})")
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import sys
 from pathlib import Path
+from typing import NoReturn
 
 
 class InputError(ValueError):
@@ -18,10 +20,16 @@ class InputError(ValueError):
     """
 
 
+def exit_with(error: InputError) -> NoReturn:
+    """How a command-line entry point ends on bad input: the message alone on stderr, exit status 2."""
+    print(f"error: {error}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
 # Pipeline order, so that the catalogue reads like a run: params first, then the stages as they run.
-MODULE_ORDER = ("config", "kd", "beir_data", "prepare", "hub", "preflight", "pydocs", "model", "train", "loss",
-                "heldout", "canary", "encode", "store", "index", "retrieve", "tradeoff", "evaluate", "report",
-                "figures", "experiments", "costs", "provenance", "atomic")
+MODULE_ORDER = ("config", "hub", "preflight", "kd", "beir_data", "pydocs", "model", "train", "loss", "heldout",
+                "training_curve", "encode", "store", "index", "retrieve", "runs", "tradeoff", "evaluate", "report",
+                "figures", "experiments", "comparisons", "costs", "provenance", "atomic")
 
 
 def _value(node: ast.expr) -> str:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from colbench import hub
-from colbench.config import Params
-from colbench.errors import InputError
+from colbench.config import Params, load_params
+from colbench.errors import InputError, exit_with
 
 
 @dataclass(frozen=True)
@@ -105,15 +105,12 @@ def main(argv: list[str] | None = None) -> None:
     list what is missing and how to provide it (exit 2), before `dvc repro` starts anything."""
     import sys
 
-    from colbench.config import load_params
-
     argv = sys.argv[1:] if argv is None else argv
     try:
         params = load_params(argv[0] if argv else "params.yaml")
         resources = check_resources(params)
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        exit_with(exc)
     print(f"{params.file}: {len(resources)} remote resource(s), all reachable or cached")
 
 

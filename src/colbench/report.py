@@ -372,52 +372,6 @@ def per_query_against_baseline(params, dataset: str, metric: str = "ndcg@10") ->
                           run_a, run_b, metric=metric, n=params.report.per_query_examples)
 
 
-def seed_study(experiments: pd.DataFrame, reference: Mapping[str, float], figure: str | Path, *,
-               samples: int, confidence: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every seed group among ``experiments`` (a table with all params, see `colbench.comparisons`): the summary
-    per group and dataset, each seed's value and interval, and ``figure`` for the largest group (a placeholder
-    saying how to make one when there is none)."""
-    from colbench import figures
-    from colbench.comparisons import SEED_KEY, distinct_runs, groups_varying, seed_summary
-
-    summaries, runs = [], []
-    groups = sorted(groups_varying(distinct_runs(experiments), SEED_KEY), key=len, reverse=True)
-    for number, group in enumerate(groups, start=1):
-        summary, seeds = seed_summary(group, experiments.attrs.get("per_query", {}), reference, samples=samples,
-                                      confidence=confidence, seed=seed)
-        summaries.append(summary.assign(group=number))
-        runs.append(seeds.assign(group=number))
-    if not groups or summaries[0].empty:
-        figures.placeholder(figure, "No seed group yet: run `make seeds`\n(the same configuration under several "
-                                    "train.seed values)")
-        return pd.DataFrame(), pd.DataFrame()
-    figures.plot_seeds(runs[0], summaries[0], figure)
-    return pd.concat(summaries, ignore_index=True), pd.concat(runs, ignore_index=True)
-
-
-def encoder_comparison(experiments: pd.DataFrame, figure: str | Path, *, samples: int, confidence: float,
-                       seed: int) -> pd.DataFrame:
-    """Every group of experiments differing only in ``train.base_model``, each member against the group's
-    baseline (the committed configuration or the workspace reproducing it, else its first member), per
-    dataset; ``figure`` shows them all."""
-    from colbench import figures
-    from colbench.comparisons import ENCODER_KEY, distinct_runs, groups_varying, paired_comparison
-
-    tables = []
-    for group in groups_varying(distinct_runs(experiments), ENCODER_KEY):
-        baseline = group[group["role"].isin(["baseline", "workspace"])]
-        reference = (baseline if len(baseline) else group).iloc[0]["experiment"]
-        tables.append(paired_comparison(group, experiments.attrs.get("per_query", {}), key=ENCODER_KEY,
-                                        reference_row=reference, samples=samples, confidence=confidence, seed=seed))
-    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-    if table.empty or table["ci_low"].isna().all():
-        figures.placeholder(figure, "No encoder comparison yet: run `make encoders`\n(the same recipe on other "
-                                    "train.base_model values)")
-    else:
-        figures.plot_comparison(table, figure, key=ENCODER_KEY)
-    return table
-
-
 def main(argv: Sequence[str] | None = None) -> Path:
     """``python -m colbench.report [params.yaml]``: export the executed notebooks to HTML and write the index.
 

@@ -374,49 +374,20 @@ def build_trainer(
     return trainer, run
 
 
-def train(
-    *,
-    kd_dir: str | Path,
-    output_dir: str | Path,
-    checkpoints_dir: str | Path,
-    log_path: str | Path,
-    base_model: str,
-    model_kwargs: dict[str, Any],
-    loss_kwargs: dict[str, Any],
-    args: dict[str, Any],
-    seed: int,
-    init_checkpoint: str | None = None,
-    micro_batch: int | None = None,
-    attn_implementation: str | None = None,
-    canary: dict[str, Any] | None = None,
-    evaluator=None,
-    eval_steps: int | None = None,
-    provenance_extra: dict[str, Any] | None = None,
-    max_samples: int | None = None,
-    callbacks: Sequence[TrainerCallback] = (),
-) -> Path:
-    """Distil the teacher's scores in ``kd_dir`` into a ColBERT built on ``base_model`` (or, with
-    ``init_checkpoint``, into that existing ColBERT checkpoint).
-
-    ``model_kwargs`` go to `build_colbert` (params.yaml train.model), ``loss_kwargs`` are
-    params.yaml train.loss (``n_ways`` picks the candidates, the rest go to `build_kd_loss`),
-    ``args`` are params.yaml train.args, ``canary`` is train.canary (`colbench.training_curve.LossCanary`).
-    Resumes from the last complete checkpoint in ``checkpoints_dir`` when it was written by the same
-    configuration, data and world size. ``callbacks`` are extra trainer callbacks (tests use one to kill
-    a run). Returns ``output_dir``.
+def train(*, output_dir: str | Path, provenance_extra: dict[str, Any] | None = None, **settings: Any) -> Path:
+    """Distil the teacher's scores into a ColBERT and save it to ``output_dir``: steps 1-5 are `build_trainer`
+    (``settings`` are its keyword arguments: the KD folder, the model, loss and trainer settings of params.yaml
+    train, the seed, an initial checkpoint, ...), then 6. train, resuming from the last complete checkpoint of the
+    same configuration, data and world size, and 7. save atomically with ``colbench_train.json`` beside the
+    weights (``provenance_extra`` is added to it). Returns ``output_dir``.
     """
     output_dir = Path(output_dir)
-    trainer, run = build_trainer(
-        kd_dir=kd_dir, checkpoints_dir=checkpoints_dir, log_path=log_path, base_model=base_model,
-        model_kwargs=model_kwargs, loss_kwargs=loss_kwargs, args=args, seed=seed, init_checkpoint=init_checkpoint,
-        micro_batch=micro_batch, attn_implementation=attn_implementation, canary=canary, evaluator=evaluator, eval_steps=eval_steps, max_samples=max_samples,
-        callbacks=callbacks,
-    )
+    trainer, run = build_trainer(**settings)
     model, log, resume_from = trainer.model, run["log"], run["resume_from"]
 
     # 6. Train (resuming restores weights, optimizer, scheduler, RNG and data position).
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    if evaluator is not None and not any(
+    if settings.get("evaluator") is not None and not any(
         "eval_runtime" in entry and entry.get("step") == trainer.state.global_step for entry in trainer.state.log_history
     ):
         trainer.evaluate()  # the end-of-training evaluation, unless the last step just had one
@@ -430,19 +401,19 @@ def train(
         losses = [r["loss"] for r in records if "loss" in r]
         manifest = run["manifest"]
         record = {
-            "base_model": base_model,
-            "init_checkpoint": init_checkpoint,
-            "model": model_kwargs,
-            "loss": loss_kwargs,
-            "args": args,
+            "base_model": settings["base_model"],
+            "init_checkpoint": settings.get("init_checkpoint"),
+            "model": settings["model_kwargs"],
+            "loss": settings["loss_kwargs"],
+            "args": settings["args"],
             "resolved_precision": {"bf16": trainer.args.bf16, "tf32": trainer.args.tf32},
             "batch_split": {"micro_batch": trainer.args.per_device_train_batch_size,
                             "accumulation": trainer.args.gradient_accumulation_steps},
-            "seed": seed,
-            "max_samples": max_samples,
+            "seed": settings["seed"],
+            "max_samples": settings.get("max_samples"),
             "world_size": trainer.args.world_size,
             "data": {
-                "kd_dir": str(kd_dir),
+                "kd_dir": str(settings["kd_dir"]),
                 "source": manifest.get("source"),
                 "revision": manifest.get("revision"),
                 "manifest": manifest,

@@ -1,0 +1,370 @@
+"""The study's stages after training, timed at the study's sizes on one GPU machine, added to training's time.
+
+Every stage runs colbench's own functions with params.yaml's settings (`colbench.config.load_params`), on
+synthetic text, with ModernBERT-base's architecture at random weights (built offline as in
+bench/train_gpu.py; speed depends on shapes, not on weights) wrapped as the study's ColBERT
+(`colbench.model.build_colbert` with `train.model`). The four BEIR test sets are given their sizes and
+mean lengths (BEIR paper, Table 1: documents / queries / mean words per document / per query): FiQA
+57,638 / 648 / 132.3 / 10.8, ArguAna 8,674 / 1,406 / 166.8 / 193.0, NFCorpus 3,633 / 323 / 232.3 / 3.3,
+SciFact 5,183 / 300 / 213.6 / 12.4. Word counts are lognormal with those means (sigma 0.6 for documents,
+0.4 for queries), in bench/train_gpu.py's English-like text (about 1.3 tokens per word).
+
+Stages, what is measured and how it is projected to the study's size (each row of the output says so):
+
+- encode (`colbench.encode.encode_to_store`: the model's encode, batches sorted by length, `encode.batch_size`,
+  `encode.dtype`) with bf16 autocast: ``--fraction`` of each set's documents and all its queries, timed per
+  set; documents projected linearly per set. The mean tokens per document measured here also give each
+  set's token-vector count at full size. One more row encodes FiQA documents without autocast, as
+  params.yaml's `encode.autocast_bf16: false` runs it today (not in the total).
+- index (`colbench.index.build_index`, params.yaml's M=64, ef_construction=200, float32, `index.num_threads`
+  (-1: all cores)): built on the first FiQA documents up to ``--index-vectors`` token vectors, and on half as
+  many. HNSW insertion costs about log n per vector, so the projection is T(N) = T(n) x (N ln N - N) /
+  (n ln n - n) per set (linear extrapolation is shown beside it, and both models' prediction of the half
+  build against its measured time).
+- retrieve (`colbench.retrieve.search`, params.yaml's `retrieve` settings), FiQA's queries on that indexed
+  FiQA subset: ``hnsw`` (k=100, ef_search=200, 100 tokens per query token, float32 MaxSim rerank) and
+  ``exact``. hnsw = token search + rerank; the token search (`TokenIndex.nearest_docs`, timed alone) is
+  projected with log N; the rerank with the candidates per query: at most 32 x 100 = 3,200 documents (or the
+  set's size) at full size against the mean measured here, an upper bound. exact is linear in queries x
+  document tokens. The pipeline's retrieve stage runs hnsw, then `colbench.tradeoff.sweep` (exact and hnsw at
+  each `retrieve.tradeoff_ef_search`): projected as exact + (1 + 4) hnsw, an upper bound (a smaller ef is
+  cheaper).
+- evaluate (`colbench.evaluate.evaluate_protocols`) of the hnsw run against synthetic qrels: per query, linear.
+- train: read from bench/train_gpu.py's JSON (``--train-json``): params.yaml's configuration and the fastest.
+
+Not timed: the prepare stage (downloads), the report stage, the untrained model's baseline runs. Retrieval
+and indexing run on the CPU cores (16 on the H200 machine), as in the pipeline.
+
+    python bench/study_gpu.py                      # one H200: about 2 minutes, reports/bench/study_gpu.*
+    python bench/study_gpu.py --smoke              # CPU, tiny model, tiny sizes, into /tmp: checks that it runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_gpu import REPO, SMOKE_OUT, STUDY_QUERIES, TARGET_QUERIES_PER_S, synthetic_text, words_lognormal, write_modernbert_base  # noqa: E402
+
+TARGET_HOURS = 3.0
+# name: (documents, test queries, mean words per document, mean words per query); BEIR paper, Table 1.
+DATASETS = {
+    "fiqa": (57_638, 648, 132.3, 10.8),
+    "arguana": (8_674, 1_406, 166.8, 193.0),
+    "nfcorpus": (3_633, 323, 232.3, 3.3),
+    "scifact": (5_183, 300, 213.6, 12.4),
+}
+
+
+def texts(rng: random.Random, n: int, mean_words: float, sigma: float) -> list[str]:
+    return [synthetic_text(rng, words_lognormal(rng, mean_words, sigma, 1, round(6 * mean_words))) for _ in range(n)]
+
+
+def nlogn(n: float) -> float:
+    """Integral of ln n: the cost of n HNSW insertions when one costs about log of the graph's size."""
+    return n * math.log(n) - n
+
+
+def head_store(store, max_tokens: int, path: Path):
+    """A store of ``store``'s first documents holding at most ``max_tokens`` token vectors (at least one document)."""
+    from colbench.store import open_store, write_store
+
+    n = max(1, int(np.searchsorted(store.offsets[1:], max_tokens, side="right")))
+    vectors = np.asarray(store.vectors[: store.offsets[n]], dtype=np.float32)
+    write_store(path, store.ids[:n], [(vectors, store.lengths[:n])], total_tokens=int(store.offsets[n]), dim=store.dim,
+                dtype=store.dtype, meta=store.meta)
+    return open_store(path)
+
+
+def timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
+def run(options: argparse.Namespace, work: Path) -> dict:
+    import torch
+
+    from colbench.config import load_params
+    from colbench.encode import encode_to_store
+    from colbench.evaluate import evaluate_protocols
+    from colbench.index import build_index, open_index
+    from colbench.model import build_colbert
+    from colbench.retrieve import search
+    from colbench.store import open_store
+
+    started = time.monotonic()
+
+    def left() -> float:
+        return options.budget - (time.monotonic() - started)
+
+    params = load_params(REPO / "params.yaml")
+    enc, ix, rt = params.encode, params.index, params.retrieve
+    base = write_modernbert_base(work / f"modernbert-{options.model_size}", options.tokenizer, options.model_size)
+    model = build_colbert(str(base), **dataclasses.asdict(params.train.model), seed=params.train.seed, device=options.device)
+    rng = random.Random(0)
+    stages, sets = [], {}
+
+    def encode(ids, items, out, is_query, bf16=True):
+        return encode_to_store(model, ids, items, out, is_query=is_query, batch_size=enc.batch_size, dtype=enc.dtype,
+                               autocast_bf16=bf16, show_progress=False)
+
+    # ---- encode: a fraction of every set's documents, all its queries (bf16 autocast). A first, untimed call
+    # pays for CUDA's start (context, cuBLAS, kernel selection), which the pipeline pays once too.
+    encode([f"w{i}" for i in range(64)], texts(rng, 64, 60, 0.6), work / "warmup", False)
+    for name, (n_docs, n_queries, doc_words, query_words) in DATASETS.items():
+        m_docs = max(options.min_docs, round(n_docs * options.fraction))
+        m_queries = min(n_queries, options.max_queries or n_queries)
+        docs = encode([f"d{i}" for i in range(m_docs)], texts(rng, m_docs, doc_words, 0.6), work / name / "docs", False)
+        queries = encode([f"q{i}" for i in range(m_queries)], texts(rng, m_queries, query_words, 0.4),
+                         work / name / "queries", True)
+        sets[name] = {"autocast_bf16": docs["autocast_bf16"], "documents": n_docs, "queries": n_queries, "measured_documents": m_docs,
+                      "measured_queries": m_queries, "documents_s": docs["seconds"], "queries_s": queries["seconds"],
+                      "tokens_per_document": docs["n_tokens"] / m_docs, "truncated_share": docs["n_truncated"] / m_docs,
+                      "token_vectors": round(n_docs * docs["n_tokens"] / m_docs)}
+        print(f"study_gpu: encoded {name}: {m_docs} documents in {docs['seconds']:.1f} s "
+              f"({docs['n_tokens'] / m_docs:.0f} tokens each), {m_queries} queries in {queries['seconds']:.1f} s", flush=True)
+    measured = sum(s["measured_documents"] for s in sets.values())
+    seconds = sum(s["documents_s"] for s in sets.values())
+    autocast = "bf16 autocast" if sets["fiqa"]["autocast_bf16"] else "no autocast"
+    stages.append({"stage": f"encode documents ({autocast})", "measured": f"{measured:,} documents of the four sets",
+                   "seconds": seconds, "rate": f"{measured / seconds:,.0f} documents/s",
+                   "study_items": f"{sum(s['documents'] for s in sets.values()):,} documents",
+                   "projected_s": sum(s["documents_s"] * s["documents"] / s["measured_documents"] for s in sets.values()),
+                   "method": "linear, per set", "in_total": True})
+    measured = sum(s["measured_queries"] for s in sets.values())
+    seconds = sum(s["queries_s"] for s in sets.values())
+    stages.append({"stage": f"encode queries ({autocast})", "measured": f"{measured:,} queries", "seconds": seconds,
+                   "rate": f"{measured / seconds:,.0f} queries/s",
+                   "study_items": f"{sum(s['queries'] for s in sets.values()):,} queries",
+                   "projected_s": sum(s["queries_s"] * s["queries"] / s["measured_queries"] for s in sets.values()),
+                   "method": "linear, per set", "in_total": True})
+    if options.device == "cuda" and enc.autocast_bf16 is False:
+        m = min(2000, sets["fiqa"]["measured_documents"])
+        fp32 = encode([f"d{i}" for i in range(m)], texts(rng, m, DATASETS["fiqa"][2], 0.6), work / "fiqa-fp32", False, bf16=False)
+        stages.append({"stage": "encode documents, no autocast (params.yaml: encode.autocast_bf16 false)",
+                       "measured": f"{m:,} FiQA documents", "seconds": fp32["seconds"],
+                       "rate": f"{m / fp32['seconds']:,.0f} documents/s",
+                       "study_items": f"{sum(s['documents'] for s in sets.values()):,} documents",
+                       "projected_s": fp32["seconds"] / m * sum(s["documents"] for s in sets.values()),
+                       "method": "linear, FiQA's rate for every set; not in the total", "in_total": False})
+
+    # ---- index: the first FiQA documents up to --index-vectors token vectors, and half as many.
+    fiqa = open_store(work / "fiqa" / "docs")
+    index_kwargs = dict(space=ix.space, M=ix.M, ef_construction=ix.ef_construction, storage=ix.storage,
+                        seed=params.base.seed, num_threads=ix.num_threads)
+    half = head_store(fiqa, options.index_vectors // 2, work / "fiqa-half")
+    built_half = build_index(half, work / "index-half", **index_kwargs)
+    sub, built = half, built_half
+    # The full build takes a little over twice the half's: skip it when the budget cannot hold it.
+    if built_half["build_s"] * 2.5 < left() - options.reserve:
+        sub = head_store(fiqa, options.index_vectors, work / "fiqa-sub")
+        built = build_index(sub, work / "index", **index_kwargs)
+    n, t = built["n_vectors"], built["build_s"]
+    fit = {"vectors": n, "build_s": t, "half_vectors": built_half["n_vectors"], "half_build_s": built_half["build_s"],
+           "half_predicted_s_log": t * nlogn(built_half["n_vectors"]) / nlogn(n),
+           "half_predicted_s_linear": t * built_half["n_vectors"] / n}
+    total_vectors = sum(s["token_vectors"] for s in sets.values())
+    stages.append({"stage": f"index (Voyager M={ix.M}, ef_construction={ix.ef_construction}, {ix.storage}, "
+                            f"num_threads={ix.num_threads})",
+                   "measured": f"{n:,} FiQA token vectors", "seconds": t, "rate": f"{n / t:,.0f} vectors/s",
+                   "study_items": f"{total_vectors:,} token vectors",
+                   "projected_s": sum(t * nlogn(s["token_vectors"]) / nlogn(n) for s in sets.values()),
+                   "projected_s_linear": t * total_vectors / n,
+                   "method": "per-vector cost growing with log n (linear: see projected_s_linear)", "in_total": True})
+    print(f"study_gpu: indexed {n:,} vectors in {t:.1f} s (half: {built_half['n_vectors']:,} in "
+          f"{built_half['build_s']:.1f} s)", flush=True)
+
+    # ---- retrieve on that subset, with FiQA's queries.
+    queries = open_store(work / "fiqa" / "queries")
+    token_index = open_index(work / ("index" if sub is not half else "index-half"), sub)
+    search_kwargs = dict(k=rt.k, ef_search=rt.ef_search, tokens_per_query_token=rt.tokens_per_query_token,
+                         dtype=rt.maxsim_dtype, block_tokens=rt.block_tokens)
+    run_hnsw, t_hnsw = timed(search, queries, sub, mode="hnsw", index=token_index, **search_kwargs)
+    nearest, t_near = timed(token_index.nearest_docs, np.array(queries.vectors, dtype=np.float32),
+                            rt.tokens_per_query_token, rt.ef_search)
+    candidates = float(np.mean([len(np.unique(nearest[queries.offsets[i]: queries.offsets[i + 1]]))
+                                for i in range(len(queries))]))
+    _, t_exact = timed(search, queries, sub, mode="exact", **search_kwargs)
+    nq = len(queries)
+    max_candidates = params.train.model.query_length * rt.tokens_per_query_token  # the union's upper bound
+    hnsw_s = sum(s["queries"] / nq * (t_near * math.log(s["token_vectors"]) / math.log(n)
+                                      + max(0.0, t_hnsw - t_near) * min(max_candidates, s["documents"]) / candidates)
+                 for s in sets.values())
+    exact_s = t_exact * sum(s["queries"] * s["token_vectors"] for s in sets.values()) / (nq * sub.n_tokens)
+    all_queries = sum(s["queries"] for s in sets.values())
+    on = f"{nq:,} FiQA queries, {len(sub):,} documents ({sub.n_tokens:,} vectors)"
+    stages.append({"stage": f"retrieve hnsw (ef_search={rt.ef_search}, {rt.tokens_per_query_token} tokens per query token)",
+                   "measured": on, "seconds": t_hnsw, "rate": f"{nq / t_hnsw:,.0f} queries/s",
+                   "study_items": f"{all_queries:,} queries", "projected_s": hnsw_s,
+                   "method": f"token search ({t_near:.2f} s) x log N; rerank x {max_candidates:,} (or the set's size) / "
+                             f"{candidates:,.0f} measured candidates per query: upper bound", "in_total": False})
+    stages.append({"stage": "retrieve exact", "measured": on, "seconds": t_exact, "rate": f"{nq / t_exact:,.0f} queries/s",
+                   "study_items": f"{all_queries:,} queries", "projected_s": exact_s,
+                   "method": "linear in queries x document tokens", "in_total": False})
+    n_sweep = len(rt.tradeoff_ef_search)
+    stages.append({"stage": f"retrieve stage: {rt.mode} + trade-off sweep (exact, hnsw at ef {rt.tradeoff_ef_search})",
+                   "measured": "the two rows above", "seconds": None, "rate": "",
+                   "study_items": f"{all_queries:,} queries",
+                   "projected_s": (1 + n_sweep) * hnsw_s + exact_s if rt.mode == "hnsw" else 2 * exact_s + n_sweep * hnsw_s,
+                   "method": "sum of the rows above; every ef timed as ef_search: upper bound", "in_total": True})
+    print(f"study_gpu: retrieved {nq} queries: hnsw {t_hnsw:.2f} s, exact {t_exact:.2f} s", flush=True)
+
+    # ---- evaluate the hnsw run against synthetic qrels (1-3 relevant documents per query).
+    qrels = {qid: {doc: 1 for doc in rng.sample(sub.ids, min(len(sub), rng.randint(1, 3)))} for qid in run_hnsw}
+    _, t_eval = timed(evaluate_protocols, run_hnsw, qrels, k_values=params.evaluate.k_values,
+                      ignore_identical_ids=params.evaluate.ignore_identical_ids["fiqa"])
+    stages.append({"stage": "evaluate (both identical-id protocols)", "measured": f"{nq:,} FiQA queries", "seconds": t_eval,
+                   "rate": f"{nq / t_eval:,.0f} queries/s", "study_items": f"{all_queries:,} queries",
+                   "projected_s": t_eval * all_queries / nq, "method": "linear", "in_total": True})
+
+    return {
+        "bench": "study_gpu",
+        "device": torch.cuda.get_device_name(0) if options.device == "cuda" else "cpu (smoke: numbers mean nothing)",
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "model_size": options.model_size,
+        "fraction": options.fraction,
+        "datasets": sets,
+        "index_fit": fit,
+        "hnsw": {"token_search_s": t_near, "search_s": t_hnsw, "mean_candidates": candidates, "queries": nq},
+        "stages": stages,
+        "wall_s": time.monotonic() - started,
+    }
+
+
+def add_training(result: dict, train_json: Path) -> None:
+    """Training rows from bench/train_gpu.py's JSON, and the totals against the targets."""
+    data = json.loads(train_json.read_text()) if train_json.is_file() else {}
+    rows = data.get("configs") or []
+    if "samples_per_s" in data:  # the one-configuration format written before the sweep existed
+        rows = [{"name": "params.yaml (4 x 4)", "status": "ok", "queries_per_s": data["samples_per_s"],
+                 "steps_timed": data["steps_timed"]}]
+    ok = [r for r in rows if r.get("status") == "ok"]
+    first = ok[0] if ok and ok[0]["name"].startswith("params.yaml") else None
+    best = max(ok, key=lambda r: r["queries_per_s"]) if ok else None
+    result["training"] = {"source": str(train_json), "params_yaml": first and first["queries_per_s"],
+                          "best": best and {"name": best["name"], "queries_per_s": best["queries_per_s"]},
+                          "target_queries_per_s": TARGET_QUERIES_PER_S}
+    for label, row in (("train, params.yaml (4 x 4)", first), (f"train, fastest ({best['name']})" if best else "", best)):
+        if row is not None and not (label.startswith("train, fastest") and row is first):
+            result["stages"].append({
+                "stage": label, "measured": f"{row['steps_timed']} optimizer steps", "seconds": None,
+                "rate": f"{row['queries_per_s']:.1f} queries/s (target {TARGET_QUERIES_PER_S})",
+                "study_items": f"{STUDY_QUERIES:,} queries", "projected_s": STUDY_QUERIES / row["queries_per_s"],
+                "method": "linear (bench/train_gpu.py)", "in_total": row is best})  # the fastest counts in the total
+    other = sum(s["projected_s"] for s in result["stages"] if s["in_total"] and not s["stage"].startswith("train"))
+    result["total_hours"] = {
+        "without_training": other / 3600,
+        "with_fastest_training": (other + STUDY_QUERIES / best["queries_per_s"]) / 3600 if best else None,
+        "with_params_yaml_training": (other + STUDY_QUERIES / first["queries_per_s"]) / 3600 if first else None,
+        "target": TARGET_HOURS,
+    }
+
+
+def markdown(result: dict) -> str:
+    def hours(seconds):
+        return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
+
+    lines = [
+        "# The study's stages on one GPU machine",
+        "",
+        f"{result['device']}, {result['cpu_cores']} CPU cores; ModernBERT-{result['model_size']} architecture at random "
+        "weights as the study's ColBERT, params.yaml's settings, synthetic text at the four BEIR sets' sizes and "
+        f"lengths; {result['fraction']:.1%} of each set's documents encoded (see bench/study_gpu.py).",
+        "",
+        "| stage | measured on | measured | rate | at the study's size | projected | how | in total |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for s in result["stages"]:
+        measured = "" if s["seconds"] is None else f"{s['seconds']:.2f} s"
+        lines.append(f"| {s['stage']} | {s['measured']} | {measured} | "
+                     f"{s['rate']} | {s['study_items']} | {hours(s['projected_s'])} | {s['method']} | "
+                     f"{'yes' if s['in_total'] else ''} |")
+    total = result["total_hours"]
+    lines += ["", f"Without training: {total['without_training']:.2f} h."]
+    for key, label in (("with_fastest_training", "the fastest training configuration"),
+                       ("with_params_yaml_training", "params.yaml's training configuration")):
+        if total[key] is not None:
+            verdict = "met" if total[key] <= total["target"] else "missed"
+            lines.append(f"With {label}: **{total[key]:.2f} h** against the {total['target']:.0f}-hour target: {verdict}.")
+    train = result["training"]
+    if train["best"]:
+        lines.append(f"Training: {train['best']['queries_per_s']:.1f} queries/s at best against the target "
+                     f"{train['target_queries_per_s']} ({train['best']['queries_per_s'] / train['target_queries_per_s']:.0%}).")
+    else:
+        lines.append(f"Training: no result in {train['source']} (run bench/train_gpu.py first).")
+    fit = result["index_fit"]
+    lines += ["", f"Index build model check: {fit['half_vectors']:,} vectors took {fit['half_build_s']:.1f} s; from the "
+                  f"{fit['vectors']:,}-vector build, log n predicts {fit['half_predicted_s_log']:.1f} s and linear "
+                  f"{fit['half_predicted_s_linear']:.1f} s.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out-dir", type=Path, help=f"where study_gpu.json / .md go (default reports/bench; with --smoke {SMOKE_OUT})")
+    parser.add_argument("--train-json", type=Path, help="bench/train_gpu.py's result (default: train_gpu.json in --out-dir)")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--smoke", action="store_true", help="CPU, tiny model, tiny sizes, output to a temporary folder")
+    parser.add_argument("--fraction", type=float, default=0.05, help="share of each set's documents encoded")
+    parser.add_argument("--min-docs", type=int, default=100, help="documents encoded per set at least")
+    parser.add_argument("--max-queries", type=int, help="queries encoded per set at most (default: all)")
+    parser.add_argument("--index-vectors", type=int, default=150_000, help="FiQA token vectors indexed (and half as many)")
+    parser.add_argument("--budget", type=float, default=120.0, help="seconds; the larger index build is skipped "
+                                                                    "when it would not fit")
+    parser.add_argument("--reserve", type=float, default=25.0, help="seconds kept for retrieval and evaluation")
+    parser.add_argument("--model-size", choices=("base", "tiny"), default="base")
+    parser.add_argument("--work", type=Path, help="folder for the model and stores (default: a new temporary one)")
+    parser.add_argument("--tokenizer", type=Path, default=REPO / "tests/fixtures/pylate/modernbert/base")
+    options = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if options.smoke:
+        # One thread: on a small shared CPU, two OpenMP threads waiting on each other made steps 15x slower.
+        os.environ["OMP_NUM_THREADS"] = "1"
+    if options.smoke:
+        options.device, options.model_size = "cpu", "tiny"
+        options.fraction, options.min_docs, options.index_vectors = min(options.fraction, 0.003), 20, 4000
+        options.max_queries = options.max_queries or 30
+    out_dir = options.out_dir or (SMOKE_OUT if options.smoke else REPO / "reports" / "bench")
+    if options.smoke and out_dir.resolve() == (REPO / "reports" / "bench").resolve():
+        parser.error("--smoke numbers must not replace the committed reports/bench results: choose another --out-dir")
+    import torch
+
+    if options.device == "cuda" and not torch.cuda.is_available():
+        print(f"study_gpu: no CUDA device visible (torch {torch.__version__}). Run it on a GPU machine, or "
+              "smoke-test it with --smoke.", file=sys.stderr)
+        return 2
+    from colbench.atomic import write_json, write_text
+    from colbench.provenance import provenance
+
+    work = options.work or Path(tempfile.mkdtemp(prefix="colbench-study-gpu-"))
+    for name in (*DATASETS, "warmup", "fiqa-fp32", "fiqa-half", "fiqa-sub", "index-half", "index"):
+        shutil.rmtree(work / name, ignore_errors=True)  # stores and indexes of an earlier run in the same --work
+    result = run(options, work)
+    add_training(result, options.train_json or out_dir / "train_gpu.json")
+    result["provenance"] = provenance(REPO)
+    write_json(out_dir / "study_gpu.json", result)
+    write_text(out_dir / "study_gpu.md", markdown(result))
+    if not options.work:
+        shutil.rmtree(work, ignore_errors=True)
+    print(markdown(result))
+    print(f"study_gpu: wrote {out_dir / 'study_gpu.json'} and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
