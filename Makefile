@@ -21,7 +21,7 @@ SEEDS ?= 1 2 3
 ENCODERS ?= ../tests/fixtures/pylate/modernbert/base ../tests/fixtures/pylate/bert/base
 EXP_FLAGS ?=
 
-.PHONY: install demo study test test-fast ablation seeds encoders check-params docs bench-retrieval bench-train clean-demo
+.PHONY: install demo study test test-fast ablation seeds encoders check-params docs bench-retrieval bench-train bench-gpu clean-demo
 
 install: $(VENV)/.installed
 
@@ -83,6 +83,10 @@ bench-retrieval: install
 
 bench-train: install
 	python bench/train_cpu.py
+
+# The GPU benchmarks (training levers, the study's other stages): one command, about 6 minutes on one H200.
+bench-gpu: install
+	bash bench/gpu.sh
 
 # Removes the demo's outputs (DVC keeps them in its cache: `dvc checkout` brings them back).
 clean-demo:

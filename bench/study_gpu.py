@@ -56,7 +56,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_gpu import REPO, SMOKE_OUT, STUDY_QUERIES, TARGET_QUERIES_PER_S, synthetic_text, words_lognormal, write_modernbert_base  # noqa: E402
+from train_gpu import (  # noqa: E402
+    REPO,
+    SMOKE_OUT,
+    STUDY_QUERIES,
+    TARGET_QUERIES_PER_S,
+    synthetic_text,
+    words_lognormal,
+    write_modernbert_base,
+)
 
 TARGET_HOURS = 3.0
 # name: (documents, test queries, mean words per document, mean words per query); BEIR paper, Table 1.

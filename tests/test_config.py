@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-import yaml
 
 from colbench.config import load_params
 from colbench.errors import InputError
@@ -35,6 +34,7 @@ def test_the_study_and_the_demo_params_load():
         (lambda d: d["train"].update(checkpoint="a/b", init_checkpoint="c/d"), "are both set: keep one"),
         (lambda d: d["train"]["canary"].update(tolerance=2), "train.canary.tolerance is 2"),
         (lambda d: d["encode"].update(document_length=0), "encode.document_length is 0"),
+        (lambda d: d["train"].update(attn_implementation="flash_attention_2"), "flash_attention_2 needs train.model.attend_to_expansion_tokens"),
     ],
 )
 def test_a_wrong_key_or_value_is_named(edited_params, edit, message):

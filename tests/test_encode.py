@@ -1,6 +1,5 @@
 """colbench.encode: encoding into an embedding store, in order, resumably, refusing bad text."""
 
-import os
 
 import contextlib
 import json

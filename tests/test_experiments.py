@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from colbench.errors import InputError
-from colbench.figures import plot_ablation
 from colbench.experiments import (
     experiments_table,
     load_experiments,
@@ -15,6 +14,7 @@ from colbench.experiments import (
     scope_entries,
     table_from_file,
 )
+from colbench.figures import plot_ablation
 
 DVC = str(Path(sys.executable).with_name("dvc"))
 

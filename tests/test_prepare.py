@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
-from colbench import atomic, beir_data, hub, kd
+from colbench import beir_data, hub, kd
 from colbench.errors import InputError
 
 FIXTURES = Path(__file__).parent / "fixtures"

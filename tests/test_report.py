@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 
 from colbench import figures, report
-from colbench.training_curve import plot_training
 from colbench.costs import measure
 from colbench.errors import InputError
+from colbench.training_curve import plot_training
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

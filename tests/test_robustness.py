@@ -10,7 +10,6 @@ docs/input-errors.md that no module test reaches, so that each row of that table
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import stat
 import sys
@@ -22,8 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from colbench import encode as encode_module
 from colbench import atomic, beir_data, evaluate, experiments, figures, hub, kd, pydocs, report, train
+from colbench import encode as encode_module
 from colbench import model as model_module
 from colbench.config import load_params
 from colbench.encode import check_free_disk, encode_to_store

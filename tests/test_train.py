@@ -414,8 +414,8 @@ def test_every_split_of_a_step_gives_the_same_training(tmp_path):
 
 def test_an_existing_checkpoint_is_recorded_not_trained(tmp_path):
     from colbench.model import load_colbert
-    from colbench.training_curve import plot_training
     from colbench.train import use_existing_checkpoint
+    from colbench.training_curve import plot_training
 
     checkpoint = str(Path(__file__).parent / "fixtures" / "pylate" / "bert" / "pylate-colbert")
     summary = use_existing_checkpoint(checkpoint, tmp_path / "model", checkpoints_dir=tmp_path / "checkpoints",

@@ -248,6 +248,11 @@ def _cross_check(params: Params, source: Path) -> None:
         )
     if params.prepare.kd.source.startswith("builtin:") and not params.prepare.kd.teacher:
         raise InputError(f"{source}: prepare.kd.teacher is required with prepare.kd.source {params.prepare.kd.source}.")
+    if params.train.attn_implementation == "flash_attention_2" and not params.train.model.attend_to_expansion_tokens:
+        # sentence-transformers refuses the combination (FlashAttention cannot mask the expansion positions).
+        raise InputError(f"{source}: train.attn_implementation flash_attention_2 needs "
+                         "train.model.attend_to_expansion_tokens: true, which is another model than the study's; "
+                         "use sdpa (null) with the study's settings.")
     if params.train.checkpoint and params.train.init_checkpoint:
         raise InputError(f"{source}: train.checkpoint (evaluate it, train nothing) and train.init_checkpoint (train "
                          "it further) are both set: keep one.")

@@ -188,7 +188,7 @@ def encode_to_store(
     Raises InputError for mismatched / duplicate ids, empty texts and unpaired surrogates, and (before
     anything is written) when the output's filesystem lacks the space :func:`check_free_disk` estimates.
     """
-    from colbench.store import DTYPES, write_store
+    from colbench.store import write_store
 
     started = time.perf_counter()
     ids = [str(i) for i in ids]

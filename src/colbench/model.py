@@ -126,8 +126,8 @@ def build_colbert(
     `pkg:<module>`. The result is a `sentence_transformers.MultiVectorEncoder` whose saved folder
     reloads with `MultiVectorEncoder(path)` (native config, no PyLate needed). Randomness (projection,
     new embedding rows) is drawn from `seed` in a forked RNG, so the caller's RNG state is untouched.
-    ``attn_implementation`` picks transformers' attention kernel (None: its default, sdpa; ModernBERT
-    drops the padding of a batch only with "flash_attention_2"): the same numbers, another speed.
+    ``attn_implementation`` picks transformers' attention kernel (None: its default, sdpa): another speed, the
+    same numbers to float rounding.
     """
     from sentence_transformers import MultiVectorEncoder
     from sentence_transformers.base.modules import Dense, Normalize, Transformer

@@ -24,7 +24,6 @@ checkpoint bookkeeping.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import importlib
 import json
@@ -307,9 +306,9 @@ def build_trainer(
     """
     from sentence_transformers import MultiVectorEncoderTrainer
 
-    from colbench.training_curve import LossCanary
     from colbench.loss import build_kd_loss
     from colbench.model import build_colbert, load_colbert, model_fingerprint
+    from colbench.training_curve import LossCanary
 
     checkpoints_dir, log_path = Path(checkpoints_dir), Path(log_path)
     loss_settings = dict(loss_kwargs)
