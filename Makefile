@@ -92,4 +92,4 @@ bench-gpu: install
 clean-demo:
 	cd demo && rm -rf data models reports/notebooks reports/html reports/figures reports/metrics reports/costs \
 	  reports/per_query reports/train reports/study_table.md reports/study_table.csv reports/costs.csv \
-	  reports/README.md reports/provenance.json
+	  reports/seeds.csv reports/encoders.csv reports/README.md reports/provenance.json

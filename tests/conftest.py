@@ -7,7 +7,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import dataclasses  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -67,11 +66,13 @@ def study_settings(study):
     """``make(**arg_overrides) -> dict``: the study's train.model / train.loss / train.args as the train stage
     passes them to `colbench.train.train`, in fp32 and logging every step."""
 
+    from colbench.train import stage_settings
+
     def make(**arg_overrides) -> dict:
-        args = {**dataclasses.asdict(study.train.args), "bf16": False, "tf32": False, "logging_steps": 1,
-                "save_steps": 1000, **arg_overrides}
-        return dict(model_kwargs=dataclasses.asdict(study.train.model),
-                    loss_kwargs=dataclasses.asdict(study.train.loss), args=args)
+        settings = stage_settings(study)
+        args = {**settings["args"], "bf16": False, "tf32": False, "logging_steps": 1, "save_steps": 1000,
+                **arg_overrides}
+        return dict(model_kwargs=settings["model_kwargs"], loss_kwargs=settings["loss_kwargs"], args=args)
 
     return make
 

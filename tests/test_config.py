@@ -34,6 +34,10 @@ def test_the_study_and_the_demo_params_load():
         (lambda d: d["train"].update(checkpoint="a/b", init_checkpoint="c/d"), "are both set: keep one"),
         (lambda d: d["train"]["canary"].update(tolerance=2), "train.canary.tolerance is 2"),
         (lambda d: d["encode"].update(document_length=0), "encode.document_length is 0"),
+        (lambda d: d["train"]["args"].update(max_steps=float("inf")), "train.args.max_steps must be a finite number"),
+        (lambda d: d["train"]["loss"].update(temperature=float("nan")), "train.loss.temperature must be a finite number"),
+        (lambda d: d["train"].update(micro_batch=3), "does not divide the optimizer step of 16 queries"),
+        (lambda d: d["train"].update(distributed="ddp", num_processes=3), "does not divide the optimizer step of 16"),
         (lambda d: d["train"].update(attn_implementation="flash_attention_2"), "flash_attention_2 needs train.model.attend_to_expansion_tokens"),
     ],
 )

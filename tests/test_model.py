@@ -103,26 +103,11 @@ def test_build_colbert_is_seeded_and_leaves_the_callers_rng_alone():
 
 
 
-def _tiny_modernbert(folder: Path) -> Path:
-    from transformers import AutoTokenizer, ModernBertConfig, ModernBertModel
-
-    tokenizer = AutoTokenizer.from_pretrained(str(BERT_BASE))
-    config = ModernBertConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id,
-        sep_token_id=tokenizer.sep_token_id, bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
-    )
-    torch.manual_seed(0)
-    ModernBertModel(config).save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
-    return folder
-
-
 @pytest.mark.parametrize("arch", ["modernbert", "bert"])
 def test_built_model_saves_and_reloads_natively(tmp_path, arch):
     from sentence_transformers import MultiVectorEncoder
 
-    base = _tiny_modernbert(tmp_path / "base") if arch == "modernbert" else BERT_BASE
+    base = MODERNBERT_BASE if arch == "modernbert" else BERT_BASE
     model = build_colbert(str(base), device="cpu")
     model.save_pretrained(str(tmp_path / "colbert"))
     reloaded = MultiVectorEncoder(str(tmp_path / "colbert"), device="cpu", local_files_only=True)

@@ -78,7 +78,7 @@ def test_each_stage_depends_on_exactly_the_code_its_notebook_imports(stage):
                                   f"not imported {sorted(declared - expected)}")
 
 
-def test_the_import_closure_follows_imports_inside_functions(tmp_path, monkeypatch):
+def test_the_import_closure_follows_imports_inside_functions():
     # heldout is imported by the train notebook only inside train.run_training: it must still count.
     assert {"heldout", "retrieve", "index", "encode"} <= import_closure({"train"})
     assert "report" not in import_closure({"train"}) and "figures" not in import_closure({"train"})

@@ -160,9 +160,13 @@ def test_offline_without_cache_names_the_dataset_and_the_fix(tmp_path, monkeypat
 
 
 def test_unreachable_hub_goes_offline_instead_of_retrying(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)  # as imported without the variable
-    monkeypatch.setattr(hub, "reachable", lambda url, timeout=3.0: False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    asked = []
+    monkeypatch.setattr(hub, "reachable", lambda url, timeout=3.0: asked.append(url) or False)
     seen = {}
 
     def load(source, config, split, revision=None):
@@ -172,7 +176,7 @@ def test_unreachable_hub_goes_offline_instead_of_retrying(tmp_path, monkeypatch)
     monkeypatch.setattr(datasets, "load_dataset", load)
     with pytest.raises(InputError, match="offline and it is not in the Hugging Face cache"):
         kd.prepare_kd("lightonai/ms-marco-en-bge", tmp_path / "kd", **kd_kwargs())
-    assert seen == {"train": True}
+    assert asked and seen == {"train": True}  # the hub was asked once, then the libraries went offline
     assert datasets.config.HF_HUB_OFFLINE is False  # restored afterwards
 
 

@@ -178,10 +178,6 @@ def test_missing_kd_file_is_named(tmp_path, remove, expected):
             load_kd_dataset(folder, n_ways=4)
 
 
-def test_one_candidate_cannot_be_distilled():
-    with pytest.raises(InputError, match="n_ways=1"):
-        load_kd_dataset(KD, n_ways=1)
-
 
 # ------------------------------------------------------------------------------------ arguments
 @pytest.mark.skipif(not NO_CUDA, reason="CPU behaviour")

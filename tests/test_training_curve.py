@@ -1,6 +1,7 @@
 """The reproduction canary: a training loss that leaves the published curve is reported early."""
 
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -39,3 +40,33 @@ def test_a_diverging_run_is_reported_at_the_first_check_and_again_when_it_return
     assert "back within 25%" in messages[1]
     outside = [e for e in canary.events if not e["inside"]]
     assert outside[0]["step"] == 500 and outside[0]["ratio"] == pytest.approx(1.8)
+
+
+def test_the_canary_reads_the_trainers_log_and_its_resumed_history():
+    from transformers import TrainerState
+
+    steps, losses = reference_curve("study")
+    state = TrainerState()
+    state.log_history = [{"step": int(s), "loss": float(v) * 2} for s, v in zip(steps[:5], losses[:5], strict=True)]
+    canary = LossCanary(window=500, from_step=500)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        canary.on_train_begin(None, state, None)  # a resumed run: its earlier losses count again
+        state.global_step = 600
+        canary.on_log(None, state, None, logs={"loss": float(losses[5])})
+    assert [e["step"] for e in canary.events] == [500] and not canary.events[0]["inside"]
+    assert any("2.00x the study curve" in str(w.message) for w in caught)
+
+
+def test_the_train_stage_records_the_canary_in_its_log(tmp_path, study_settings):
+    # Wired through the trainer: the events go into the log and the model's record (none before the curve starts).
+    from colbench.atomic import read_json
+    from colbench.train import train
+
+    fixtures = Path(__file__).parent / "fixtures"
+    settings = study_settings(max_steps=2, per_device_train_batch_size=2, gradient_accumulation_steps=1)
+    settings["loss_kwargs"]["n_ways"] = 4
+    output = train(kd_dir=fixtures / "kd_tiny", output_dir=tmp_path / "model", checkpoints_dir=tmp_path / "ckpt",
+                   log_path=tmp_path / "log.json", base_model=str(fixtures / "pylate" / "bert" / "base"), seed=0,
+                   canary={"reference": "study", "tolerance": 0.25, "window": 500, "from_step": 500}, **settings)
+    assert read_json(tmp_path / "log.json")["canary"] == [] and read_json(output / "colbench_train.json")["canary"] == []

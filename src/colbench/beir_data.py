@@ -70,8 +70,8 @@ def prepare_beir(
 ) -> dict:
     """Validate one evaluation set and write it to ``out_dir`` in BEIR format; returns the manifest.
 
-    ``source``: a BEIR dataset name (downloaded once into :func:`beir_cache_dir`), a local BEIR folder, or
-    ``builtin:python-docs`` (needs the ``seed`` and ``builtin_options`` given to :func:`prepare_kd` to get the
+    ``source``: a BEIR dataset name (downloaded once into `colbench.hub.beir_cache_dir`), a local BEIR folder, or
+    ``builtin:python-docs`` (needs the ``seed`` and ``builtin_options`` given to `colbench.kd.prepare_kd` to get the
     same corpus; its evaluation queries are disjoint from the KD training queries).
     """
     extra: dict[str, Any] = {}

@@ -31,19 +31,20 @@ SEED_KEY = "train.seed"
 ENCODER_KEY = "train.base_model"
 
 
+def _signatures(table: pd.DataFrame, params: Sequence[str]) -> pd.Series:
+    """One text per row naming its values of ``params``: rows with equal signatures are the same configuration."""
+    return table.apply(lambda row: json.dumps({p: row[p] for p in params}, sort_keys=True, default=str), axis=1)
+
+
 def distinct_runs(table: pd.DataFrame) -> pd.DataFrame:
     """The rows of ``table`` that have per-query values, one per configuration: the committed baseline and the
     workspace are the same configuration when the workspace reproduces it (the baseline's outputs may exist only
     on the machine that committed them, the workspace's are here); the baseline is kept when both have values."""
     if table.empty:
         return table
-    per_query = table.attrs.get("per_query", {})
-    params = table.attrs.get("params", [])
     order = {"baseline": 0, "experiment": 1, "workspace": 2}
-    kept = table[table["experiment"].isin(per_query)].copy()
-    kept["_order"] = kept["role"].map(order)
-    kept["_signature"] = kept.apply(lambda row: json.dumps({p: row[p] for p in params}, sort_keys=True, default=str),
-                                    axis=1)
+    kept = table[table["experiment"].isin(table.attrs.get("per_query", {}))]
+    kept = kept.assign(_order=kept["role"].map(order), _signature=_signatures(kept, table.attrs.get("params", [])))
     kept = kept.sort_values("_order", kind="stable").drop_duplicates("_signature").sort_index()
     result = kept.drop(columns=["_order", "_signature"])
     result.attrs = dict(table.attrs)
@@ -53,14 +54,9 @@ def distinct_runs(table: pd.DataFrame) -> pd.DataFrame:
 def groups_varying(table: pd.DataFrame, key: str) -> list[pd.DataFrame]:
     """Groups of at least two rows of ``table`` whose params are equal except ``key``, which takes at least two
     values in the group; rows in table order. ``table.attrs["params"]`` names the param columns (all of them)."""
-    params = [p for p in table.attrs.get("params", []) if p != key]
     if key not in table.columns or table.empty:
         return []
-
-    def signature(row: pd.Series) -> str:
-        return json.dumps({p: row[p] for p in params}, sort_keys=True, default=str)
-
-    keyed = table.assign(_signature=table.apply(signature, axis=1))
+    keyed = table.assign(_signature=_signatures(table, [p for p in table.attrs.get("params", []) if p != key]))
     groups = []
     for _, group in keyed.groupby("_signature", sort=False):
         if len(group) >= 2 and group[key].nunique() >= 2:
@@ -147,7 +143,7 @@ def paired_comparison(group: pd.DataFrame, per_query: Mapping[str, Mapping[str, 
     return pd.DataFrame(rows, columns=columns)
 
 
-def comparison_summary(table: pd.DataFrame, key: str, metric: str = "ndcg@10") -> str:
+def comparison_summary(table: pd.DataFrame, key: str, metric: str = "ndcg@10", confidence: float = 0.95) -> str:
     """One Markdown line per compared member: the difference with its interval, and whether it excludes 0."""
     lines = []
     for row in table.to_dict("records"):
@@ -156,13 +152,14 @@ def comparison_summary(table: pd.DataFrame, key: str, metric: str = "ndcg@10") -
         certain = ("better" if row["ci_low"] > 0 else "worse" if row["ci_high"] < 0 else
                    "no difference the queries can tell")
         lines.append(f"- {row['dataset']}: {key} = {row[key]}: {metric} {row[metric]:.2f}, {row['difference']:+.2f} "
-                     f"points (95 % CI {row['ci_low']:+.2f} to {row['ci_high']:+.2f}; wins {row['wins']}, losses "
+                     f"points ({confidence:.0%} CI {row['ci_low']:+.2f} to {row['ci_high']:+.2f}; wins {row['wins']}, losses "
                      f"{row['losses']}, ties {row['ties']} queries): {certain}.")
     return "\n".join(lines)
 
 
 def seed_study(experiments: pd.DataFrame, reference: Mapping[str, float], figure: str | Path, *,
-               samples: int, confidence: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+               samples: int, confidence: float, seed: int,
+               reference_label: str = "published") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every seed group among ``experiments`` (a table with all params, see `colbench.comparisons`): the summary
     per group and dataset, each seed's value and interval, and ``figure`` for the largest group (a placeholder
     saying how to make one when there is none)."""
@@ -179,7 +176,7 @@ def seed_study(experiments: pd.DataFrame, reference: Mapping[str, float], figure
         figures.placeholder(figure, "No seed group yet: run `make seeds`\n(the same configuration under several "
                                     "train.seed values)")
         return pd.DataFrame(), pd.DataFrame()
-    figures.plot_seeds(runs[0], summaries[0], figure)
+    figures.plot_seeds(runs[0], summaries[0], figure, confidence=confidence, reference_label=reference_label)
     return pd.concat(summaries, ignore_index=True), pd.concat(runs, ignore_index=True)
 
 
@@ -201,5 +198,5 @@ def encoder_comparison(experiments: pd.DataFrame, figure: str | Path, *, samples
         figures.placeholder(figure, "No encoder comparison yet: run `make encoders`\n(the same recipe on other "
                                     "train.base_model values)")
     else:
-        figures.plot_comparison(table, figure, key=ENCODER_KEY)
+        figures.plot_comparison(table, figure, key=ENCODER_KEY, confidence=confidence)
     return table

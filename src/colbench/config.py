@@ -9,6 +9,7 @@ these sections on as explicit arguments.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -238,7 +239,8 @@ def _cross_check(params: Params, source: Path) -> None:
     if missing:
         raise InputError(
             f"{source}: evaluate.ignore_identical_ids has no entry for {sorted(missing)}: add "
-            "true (BEIR's default; needed where queries are corpus documents, as in ArguAna) or false."
+            "false (keep a hit whose id is the query's, as the study's PyLate evaluation did) or true (drop it, as "
+            "BEIR does); the report shows the other protocol beside it."
         )
     eval_set = params.train.eval.dataset
     if eval_set not in (None, "nanobeir") and eval_set not in names:
@@ -256,6 +258,12 @@ def _cross_check(params: Params, source: Path) -> None:
     if params.train.checkpoint and params.train.init_checkpoint:
         raise InputError(f"{source}: train.checkpoint (evaluate it, train nothing) and train.init_checkpoint (train "
                          "it further) are both set: keep one.")
+    args, processes = params.train.args, params.train.num_processes
+    step = args.per_device_train_batch_size * args.gradient_accumulation_steps
+    if step % ((params.train.micro_batch or args.per_device_train_batch_size) * processes):
+        raise InputError(f"{source}: train.micro_batch ({params.train.micro_batch}) x train.num_processes ({processes}) "
+                         f"does not divide the optimizer step of {step} queries (train.args.per_device_train_batch_size "
+                         "x gradient_accumulation_steps): choose values whose product divides it.")
     if params.train.distributed == "none" and params.train.num_processes != 1:
         raise InputError(f"{source}: train.num_processes is {params.train.num_processes} but train.distributed is none: set ddp.")
 
@@ -327,6 +335,8 @@ def _coerce(hint: Any, value: Any, key: str, source: Path) -> Any:
                 raise InputError(f"{source}: {key} must be a number, got {value!r}.") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InputError(f"{source}: {key} must be a number, got {value!r}.")
+        if not math.isfinite(value):
+            raise InputError(f"{source}: {key} must be a finite number, got {value!r}.")
         if hint is int:
             if float(value) != int(value):
                 raise InputError(f"{source}: {key} must be a whole number, got {value!r}.")

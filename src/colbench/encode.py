@@ -121,7 +121,7 @@ def check_free_disk(model, texts: list[str], out_dir: str | Path, *, is_query: b
         raise InputError(
             f"encode: {out_dir} needs up to {need / 2**30:.2f} GiB ({len(texts)} items, <= {n_tokens} token "
             f"vectors of dimension {dim} in {dtype}, shards and store together) but {where} has "
-            f"{free / 2**30:.2f} GiB free; free some space or point the output elsewhere (paths.embeddings)"
+            f"{free / 2**30:.2f} GiB free; free some space or move the pipeline's folder elsewhere"
         )
     return need
 

@@ -8,7 +8,8 @@ Conventions (the contract the report relies on):
   (trec_eval alone would break them by id *descending*; fixing the order here makes every metric,
   including MRR, see the same ranking as the run file.) The caller's run is never modified.
 * ``ignore_identical_ids=True`` drops a hit whose document id equals its query id before ranking
-  (BEIR's default; needed for ArguAna, whose queries are corpus documents). Set it per dataset.
+  (BEIR's default; in ArguAna every query is a corpus document). ``False`` keeps it, as PyLate's evaluation, with
+  which the study's numbers were computed, does. Set it per dataset (`evaluate_protocols` computes both).
 * A document is relevant when its relevance is >= 1 (trec_eval's default); NDCG uses the graded
   relevance as a linear gain, as trec_eval and BEIR do. Documents absent from the qrels of a query are
   non-relevant.

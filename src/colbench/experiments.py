@@ -1,4 +1,4 @@
-"""DVC experiments as a table (``dvc exp show --json``) and an ablation chart.
+"""DVC experiments as a table (``dvc exp show --json``), and their snapshot for the report.
 
 Shape of ``dvc exp show --json`` (dvc 3.67, checked on a scratch repository): a list whose entries
 are the workspace (``rev == "workspace"``) and the baseline commit(s), each
@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from colbench.errors import InputError
+from colbench.errors import InputError, exit_with
 
 _GENERIC_STEMS = {"metrics", "scores", "results", "eval", "evaluate"}
 
@@ -290,9 +290,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m colbench.experiments", description=main.__doc__)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--pipeline", default=".", type=Path,
-                        help="the folder of the pipeline's dvc.yaml (default: the current folder)")
+                        help="the pipeline's folder, the one holding its params.yaml (default: the current folder)")
     options = parser.parse_args(argv)
-    save_experiments(options.pipeline, options.out)
+    try:
+        save_experiments(options.pipeline, options.out)
+    except InputError as exc:
+        exit_with(exc)
     print(f"experiments: {len(table_from_file(options.out))} rows written to {options.out}")
 
 

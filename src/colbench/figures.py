@@ -22,13 +22,13 @@ from colbench.errors import InputError  # noqa: E402
 
 
 def plot_study(table: pd.DataFrame, path: str | Path, *, metric: str = "ndcg@10",
-               reference_label: str = "published") -> Path:
+               reference_label: str = "published", confidence: float = 0.95) -> Path:
     """Bar chart per dataset: this run's ``metric`` (x100) with its CI, next to the published value."""
     x = np.arange(len(table))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(table) + 2), 4.5))
     ours = table[metric].to_numpy(float)
     err = np.vstack([ours - table["ci_low"].to_numpy(float), table["ci_high"].to_numpy(float) - ours])
-    bars = ax.bar(x - 0.2, ours, 0.4, yerr=err, capsize=4, label="this run (95 % CI)", color="tab:blue")
+    bars = ax.bar(x - 0.2, ours, 0.4, yerr=err, capsize=4, label=f"this run ({confidence:.0%} CI)", color="tab:blue")
     published = table["published"].to_numpy(float)
     ref = ax.bar(x + 0.2, np.nan_to_num(published), 0.4, label=reference_label, color="tab:gray")
     ax.bar_label(bars, labels=[f"{v:.1f}" for v in ours], padding=2, fontsize=8, label_type="center", color="white")
@@ -118,8 +118,8 @@ def plot_ablation(df: pd.DataFrame, path: str | Path, metric: str = "ndcg@10") -
     columns = [c for c in df.columns if str(c).startswith(f"{metric}/")]
     if df.empty:
         return placeholder(path, "No DVC experiments yet: run `make ablation`\n(dvc exp run --temp -S <param>=<value>)")
-    if not columns:
-        raise InputError(f"no {metric!r} columns in the experiments table: do the metrics files contain it?")
+    if not columns:  # e.g. a snapshot of a baseline whose metrics this machine's cache does not hold
+        return placeholder(path, f"No experiment in the snapshot has {metric} metrics yet")
     params = df.attrs.get("params", [])
     datasets = [c.split("/", 1)[1] for c in columns]
     x = np.arange(len(columns))
@@ -153,7 +153,7 @@ def _num(value: float) -> str:
 
 
 def plot_seeds(seeds: pd.DataFrame, summary: pd.DataFrame, path: str | Path, *, metric: str = "ndcg@10",
-               reference_label: str = "published") -> Path:
+               reference_label: str = "published", confidence: float = 0.95) -> Path:
     """One panel per dataset: each seed's ``metric`` (x100) with its bootstrap interval, the mean and the
     mean +- one standard deviation across seeds as a band, and the published value as a line."""
     datasets = list(summary["dataset"])
@@ -163,7 +163,7 @@ def plot_seeds(seeds: pd.DataFrame, summary: pd.DataFrame, path: str | Path, *, 
         x = np.arange(len(runs))
         values = runs[metric].to_numpy(float)
         err = np.vstack([values - runs["ci_low"].to_numpy(float), runs["ci_high"].to_numpy(float) - values])
-        ax.errorbar(x, values, yerr=err, fmt="o", capsize=4, color="tab:blue", label="seed (95 % bootstrap CI)")
+        ax.errorbar(x, values, yerr=err, fmt="o", capsize=4, color="tab:blue", label=f"seed ({confidence:.0%} bootstrap CI)")
         ax.axhspan(row.mean - (row.std if np.isfinite(row.std) else 0), row.mean + (row.std if np.isfinite(row.std) else 0),
                    color="tab:blue", alpha=0.12, label=f"mean {row.mean:.2f} +- {row.std:.2f} (std over seeds)")
         ax.axhline(row.mean, color="tab:blue", lw=1)
@@ -179,13 +179,14 @@ def plot_seeds(seeds: pd.DataFrame, summary: pd.DataFrame, path: str | Path, *, 
     return write_png(fig, path)
 
 
-def plot_comparison(table: pd.DataFrame, path: str | Path, *, key: str, metric: str = "ndcg@10") -> Path:
+def plot_comparison(table: pd.DataFrame, path: str | Path, *, key: str, metric: str = "ndcg@10",
+                    confidence: float = 0.95) -> Path:
     """Per dataset, each compared member's ``metric`` difference (x100) against the reference, with its paired
     bootstrap interval, and its per-query wins / losses; the reference is the zero line."""
     compared = table[table["ci_low"].notna()].reset_index(drop=True)
     if compared.empty:
         raise InputError(f"nothing to compare: every row of the {key} comparison is its reference")
-    labels = [f"{row['dataset']}\n{key.split('.')[-1]} = {Path(str(row[key])).name}" for _, row in compared.iterrows()]
+    labels = [f"{row['dataset']}\n{key.split('.')[-1]} = {_short(row[key])}" for _, row in compared.iterrows()]
     y = np.arange(len(compared))
     fig, ax = plt.subplots(figsize=(9, 1.4 + 0.8 * len(compared)))
     diff = compared["difference"].to_numpy(float)
@@ -200,7 +201,7 @@ def plot_comparison(table: pd.DataFrame, path: str | Path, *, key: str, metric: 
     ax.axvline(0, color="black", lw=1)
     ax.set_yticks(y, labels)
     ax.invert_yaxis()
-    ax.set_xlabel(f"{metric.upper()} difference to the reference (x100, 95 % paired bootstrap CI)")
+    ax.set_xlabel(f"{metric.upper()} difference to the reference (x100, {confidence:.0%} paired bootstrap CI)")
     ax.set_title(f"Compared by {key} (green: better, red: worse, grey: undecided)", fontsize=10)
     ax.margins(x=0.1)
     ax.grid(axis="x", alpha=0.3)
@@ -214,3 +215,9 @@ def placeholder(path: str | Path, text: str) -> Path:
     ax.axis("off")
     ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=11)
     return write_png(fig, path)
+
+
+def _short(value: object) -> str:
+    # A model path's last two parts tell the fixtures apart (".../modernbert/base" vs ".../bert/base").
+    parts = Path(str(value)).parts
+    return "/".join(parts[-2:]) if len(parts) > 2 else str(value)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
 
@@ -36,7 +37,6 @@ class HeldOutRetrievalEvaluator(BaseEvaluator):
         self.baseline_run = Path(baseline_run) if baseline_run else None
         self.batch_size, self.k = batch_size, k
         self.primary_metric = "ndcg@10"
-        self.calls = 0
 
     def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
         with tempfile.TemporaryDirectory(prefix="colbench-heldout-") as tmp:
@@ -47,11 +47,10 @@ class HeldOutRetrievalEvaluator(BaseEvaluator):
                                        batch_size=self.batch_size, dtype="float32", show_progress=False)
                 stores[part] = open_store(Path(tmp) / part)
             run = retrieve.search(stores["queries"], stores["docs"], k=self.k, mode="exact", dtype="float32")
-        if self.calls == 0 and self.baseline_run is not None:
+        if steps == 0 and self.baseline_run is not None:  # the untrained model (a resumed run starts later)
             runs.write_trec(run, self.baseline_run, tag="untrained")
-        self.calls += 1
         metrics, _ = evaluate.evaluate_run(run, self.qrels, ignore_identical_ids=self.ignore_identical_ids)
-        wanted = {m: metrics[m] for m in ("ndcg@10", "recall@100", "map@100", "mrr@10")}
+        wanted = {m: metrics[m] for m in evaluate.PROTOCOL_METRICS}
         metrics = self.prefix_name_to_metrics(wanted, self.name)
         self.store_metrics_in_model_card_data(model, metrics, epoch, steps)
         return metrics
@@ -64,6 +63,18 @@ def log_key(dataset: str, metric: str) -> str:
     score function (``maxsim`` for a `MultiVectorEncoder`); ours uses the dataset's name alone.
     """
     return f"eval_NanoBEIR_mean_maxsim_{metric}" if dataset == "nanobeir" else f"eval_{dataset}_{metric}"
+
+
+def evaluator_settings(params) -> dict[str, Any]:
+    """`make_evaluator`'s keyword arguments for ``params.train.eval`` (a `colbench.config.Params`): the held-out
+    dataset, where the prepared sets are, its split and identical-id protocol, and where the untrained model's
+    runs go (``reports/train/baseline_runs``, the report's per-query baseline)."""
+    held_out = params.train.eval.dataset
+    prepared = params.prepare.datasets.get(held_out) if held_out else None
+    return {"dataset": held_out, "datasets_dir": str(params.path("datasets")),
+            "baseline_runs": str(params.path("reports") / "train" / "baseline_runs"),
+            "split": prepared.split if prepared else "test",
+            "ignore_identical_ids": params.evaluate.ignore_identical_ids.get(held_out, True)}
 
 
 def make_evaluator(dataset: str | None, *, datasets_dir: str | Path | None = None, split: str = "test",

@@ -138,6 +138,7 @@ def run_provenance(params) -> dict[str, Any]:
         "evaluation_data": {name: {k: manifest(params.path("datasets") / name).get(k) for k in ("source", "split", "url")}
                             for name in params.datasets},
         "model": pointer.get("checkpoint") or {"base_model": model.get("base_model"),
+                                               "init_checkpoint": model.get("init_checkpoint"),
                                                "parameter_sha256": model.get("parameter_sha256"),
                                                "global_step": model.get("global_step")},
     }

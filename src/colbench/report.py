@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from colbench.atomic import atomic_file, read_json, write_text
-from colbench.errors import InputError
+from colbench.errors import InputError, exit_with
 from colbench.evaluate import paired_bootstrap
 
 STAGE_ORDER = ("prepare", "train", "encode", "index", "retrieve", "evaluate", "report")
@@ -266,8 +266,10 @@ def run_description(provenance: Mapping[str, Any]) -> list[str]:
         what = f"**Evaluated checkpoint**: `{model}` (existing; nothing was trained in this run)."
     else:
         model = model or {}
-        what = (f"**Evaluated model**: trained here from `{model.get('base_model')}` for {model.get('global_step')} "
-                f"steps (parameters sha256 `{str(model.get('parameter_sha256'))[:16]}`).")
+        start = (f"further from the checkpoint `{model['init_checkpoint']}`" if model.get("init_checkpoint")
+                 else f"from `{model.get('base_model')}`")
+        what = (f"**Evaluated model**: trained here {start} for {model.get('global_step')} steps (parameters sha256 "
+                f"`{str(model.get('parameter_sha256'))[:16]}`).")
     seeds = provenance.get("seed") or {}
     git = provenance.get("git") or {}
     return [what, f"Seeds: base {seeds.get('base')}, training {seeds.get('train')}; code revision "
@@ -308,7 +310,8 @@ def _doc_label(corpus: Mapping[str, Any], doc: str) -> str:
 # ------------------------------------------------------------------------------- report notebook
 
 
-def reproduction_summary(table: pd.DataFrame, reference_label: str = "study", metric: str = "ndcg@10") -> str:
+def reproduction_summary(table: pd.DataFrame, reference_label: str = "study", metric: str = "ndcg@10",
+                         confidence: float = 0.95) -> str:
     """One Markdown line per dataset: "reproduced" only where the published value lies inside the interval,
     then the other identical-id protocol's value and how many hits each protocol removed."""
     lines = []
@@ -321,11 +324,11 @@ def reproduction_summary(table: pd.DataFrame, reference_label: str = "study", me
         else:
             verdict = (f"**not reproduced**: the {reference_label} value {row['published']:.2f} lies outside the "
                        f"interval ({row['difference']:+.2f} points)")
-        line = (f"- {row['dataset']}: {metric} {value:.2f} (95 % CI {low:.2f}-{high:.2f}, {row['queries']} queries, "
+        line = (f"- {row['dataset']}: {metric} {value:.2f} ({confidence:.0%} CI {low:.2f}-{high:.2f}, {row['queries']} queries, "
                 f"identical ids {row['identical_ids']}); {verdict}.")
         if "other_protocol" in row:
             removed = {"kept": 0, "dropped": row["self_hits"]}
-            line += (f" With identical ids {row['other_protocol']}: {row[f'other_{metric}']:.2f} (95 % CI "
+            line += (f" With identical ids {row['other_protocol']}: {row[f'other_{metric}']:.2f} ({confidence:.0%} CI "
                      f"{row['other_ci_low']:.2f}-{row['other_ci_high']:.2f}). Hits removed: "
                      f"{removed[row['identical_ids']]} by the reported protocol, "
                      f"{removed[row['other_protocol']]} by the other.")
@@ -381,10 +384,18 @@ def main(argv: Sequence[str] | None = None) -> Path:
     import sys
 
     from colbench.config import load_params
-    from colbench.experiments import table_from_file
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    params = load_params(argv[0] if argv else "params.yaml")
+    try:
+        return write_report(load_params(argv[0] if argv else "params.yaml"))
+    except InputError as exc:
+        exit_with(exc)
+
+
+def write_report(params) -> Path:
+    """Export the executed notebooks to HTML and write the index of the pipeline ``params`` describes."""
+    from colbench.experiments import table_from_file
+
     reports = params.path("reports")
     html = export_html(sorted((reports / "notebooks").glob("*.ipynb")), reports / "html")
     headline = pd.read_csv(reports / "study_table.csv")

@@ -35,7 +35,6 @@ from colbench.errors import InputError
 from colbench.index import TokenIndex
 from colbench.store import EmbeddingStore
 
-MODES = ("hnsw", "exact")
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 # Tile sizes, measured on a 2-core Sapphire Rapids (AMX bf16, 2 MiB L2 per core) with bench/retrieval.py:
 # exact bf16 search ran at 830 / 975 / 1020 / 960 / 860 GFLOP/s on CISI (634 / 813 / 1070 / 1151 / 876 on

@@ -24,6 +24,7 @@ checkpoint bookkeeping.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import importlib
 import json
@@ -37,7 +38,7 @@ import torch
 from transformers import TrainerCallback
 
 from colbench.atomic import atomic_dir, read_json, write_json
-from colbench.errors import InputError
+from colbench.errors import InputError, exit_with
 from colbench.kd import kd_manifest, load_kd_dataset
 from colbench.model import parameter_sha256
 from colbench.provenance import provenance
@@ -45,9 +46,9 @@ from colbench.provenance import provenance
 CHECKPOINT_CONFIG = "colbench_checkpoints.json"
 CHECKPOINT_COMPLETE = "colbench_complete.json"
 TRAIN_RECORD = "colbench_train.json"
-# Settings that change only how often things are logged or saved, not the weights a run ends with:
-# left out of the config hash so that changing them does not throw checkpoints away.
-CADENCE_KEYS = ("logging_steps", "save_steps", "save_total_limit")
+# Settings that change only how often things are logged or saved, or how batches are fed, not the weights a
+# run ends with: left out of the config hash so that changing them does not throw checkpoints away.
+CADENCE_KEYS = ("logging_steps", "save_steps", "save_total_limit", "dataloader_num_workers")
 LOG_KEYS = ("epoch", "loss", "learning_rate", "grad_norm")
 
 
@@ -348,6 +349,8 @@ def build_trainer(
     digest = config_hash(config)
     with training_args.main_process_first(local=False, desc="checkpoint bookkeeping"):
         resume_from = prepare_checkpoints(checkpoints_dir, digest, config, main=training_args.process_index == 0)
+    # The held-out evaluation "at start" is the untrained model's: a resumed run has had it already.
+    training_args.eval_on_start = evaluator is not None and resume_from is None
 
     # 5. Trainer.
     header = {
@@ -440,6 +443,23 @@ def train(*, output_dir: str | Path, provenance_extra: dict[str, Any] | None = N
 
 
 # ------------------------------------------------------------------------------------ the stage
+def stage_settings(params) -> dict[str, Any]:
+    """`run_training`'s keyword arguments for the train stage of ``params`` (a `colbench.config.Params`): the
+    pipeline's folders, its params.yaml ``train`` section and the held-out evaluation."""
+    from colbench.heldout import evaluator_settings
+
+    spec = params.train
+    return dict(
+        kd_dir=params.path("kd"), output_dir=params.path("model"), checkpoints_dir=params.path("checkpoints"),
+        log_path=params.path("reports") / "train" / "log.json", base_model=spec.base_model,
+        model_kwargs=dataclasses.asdict(spec.model), loss_kwargs=dataclasses.asdict(spec.loss),
+        args=dataclasses.asdict(spec.args), seed=spec.seed, init_checkpoint=spec.init_checkpoint,
+        micro_batch=spec.micro_batch, attn_implementation=spec.attn_implementation,
+        canary=dataclasses.asdict(spec.canary) if spec.canary else None, eval_steps=spec.eval.steps,
+        evaluator_kwargs=evaluator_settings(params), distributed=spec.distributed, num_processes=spec.num_processes,
+    )
+
+
 def run_training(*, distributed: str = "none", num_processes: int = 1, evaluator_kwargs: dict[str, Any] | None = None,
                  **train_kwargs: Any) -> dict[str, Any]:
     """The train stage: `train` in this process, or the same entry point under torchrun (``distributed="ddp"``).
@@ -460,7 +480,10 @@ def run_training(*, distributed: str = "none", num_processes: int = 1, evaluator
             write_json(config_path, config)
             command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                        f"--nproc_per_node={num_processes}", "-m", "colbench.train", "--config", str(config_path)]
-            subprocess.run(command, check=True)
+            done = subprocess.run(command, check=False)
+            if done.returncode:
+                raise RuntimeError(f"torchrun's {num_processes} training processes failed (exit {done.returncode}): "
+                                   "their messages are above")
     else:
         from colbench.heldout import make_evaluator
 
@@ -555,4 +578,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    main()
+    try:
+        main()
+    except InputError as exc:
+        exit_with(exc)
