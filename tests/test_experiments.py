@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -65,7 +66,7 @@ def dvc_repo(tmp_path, monkeypatch):
     return repo
 
 
-def test_load_experiments_lists_baseline_and_experiments(dvc_repo, tmp_path):
+def test_load_experiments_lists_baseline_and_experiments(dvc_repo, tmp_path, monkeypatch):
     df = load_experiments(dvc_repo, DVC)
     assert list(df["role"]) == ["baseline", "experiment", "experiment"]
     assert list(df["same_as_baseline"]) == [True, False, False]
@@ -81,13 +82,18 @@ def test_load_experiments_lists_baseline_and_experiments(dvc_repo, tmp_path):
     assert workspace["role"].tolist().count("workspace") == 1
     assert workspace["recall@100/fiqa"].tolist() == pytest.approx([0.9] * 4)
 
-    # The report reads a snapshot: the same table.
-    snapshot = table_from_file(save_experiments(dvc_repo, tmp_path / "experiments.json"))
+    # The report reads a snapshot: the same table. Written from a subfolder (make runs it from the demo's).
+    monkeypatch.chdir(dvc_repo / "reports")
+    path = save_experiments(dvc_repo, tmp_path / "experiments.json")
+    snapshot = table_from_file(path)
     assert snapshot["ndcg@10/fiqa"].tolist() == df["ndcg@10/fiqa"].tolist()
     # ... with each experiment's per-query values, read from the DVC cache at its revision.
     per_query = snapshot.attrs["per_query"]
     assert per_query["triple"]["fiqa"] == pytest.approx({"q1": 0.6, "q2": 0.0})
     assert per_query["double"]["scifact"] == pytest.approx({"q1": 0.2, "q2": 0.0})
+    workspace_entry = json.loads(path.read_text())[0]  # the workspace's, read from its files: the last `exp run`
+    assert workspace_entry["rev"] == "workspace"
+    assert workspace_entry["data"]["per_query"]["fiqa"] == pytest.approx({"q1": 0.6, "q2": 0.0})
 
     png = plot_ablation(df, tmp_path / "ablation.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

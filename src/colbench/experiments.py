@@ -232,7 +232,10 @@ def _per_query(root: Path, scope: str, entry: Mapping[str, Any], metric: str = "
     for dataset in datasets:
         path = "/".join(filter(None, [scope, LAYOUT.reports, "per_query", f"{dataset}.json"]))
         try:
-            per_query = json.loads(dvc.api.read(path, repo=str(root), rev=None if rev == "workspace" else rev))
+            if rev == "workspace":  # the file as it is (dvc.api would resolve the path against the cwd)
+                per_query = json.loads((root / path).read_text(encoding="utf-8"))
+            else:
+                per_query = json.loads(dvc.api.read(path, repo=str(root), rev=rev))
         except Exception:  # noqa: BLE001 - not in this machine's cache: the report shows the metrics without it
             continue
         found[dataset] = {qid: values[metric] for qid, values in per_query.items()}
