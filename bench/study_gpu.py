@@ -61,6 +61,7 @@ from train_gpu import (  # noqa: E402
     SMOKE_OUT,
     STUDY_QUERIES,
     TARGET_QUERIES_PER_S,
+    set_environment,
     synthetic_text,
     words_lognormal,
     write_modernbert_base,
@@ -338,11 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, help="folder for the model and stores (default: a new temporary one)")
     parser.add_argument("--tokenizer", type=Path, default=REPO / "tests/fixtures/pylate/modernbert/base")
     options = parser.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if options.smoke:
-        # One thread: on a small shared CPU, two OpenMP threads waiting on each other made steps 15x slower.
-        os.environ["OMP_NUM_THREADS"] = "1"
+    set_environment(smoke=options.smoke)
     if options.smoke:
         options.device, options.model_size = "cpu", "tiny"
         options.fraction, options.min_docs, options.index_vectors = min(options.fraction, 0.003), 20, 4000

@@ -497,6 +497,15 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def set_environment(*, smoke: bool) -> None:
+    """Offline, quiet tokenisers; a smoke run on one thread (on a small shared CPU, two OpenMP threads waiting on
+    each other made steps 15x slower)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if smoke:
+        os.environ["OMP_NUM_THREADS"] = "1"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out-dir", type=Path, help="where train_gpu.json / .md go (default reports/bench; "
@@ -522,11 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # internal: run one spec
     parser.add_argument("--child-result", type=Path, help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if options.smoke:
-        # One thread: on a small shared CPU, two OpenMP threads waiting on each other made steps 15x slower.
-        os.environ["OMP_NUM_THREADS"] = "1"
+    set_environment(smoke=options.smoke)
 
     if options.child:
         result = run_config(json.loads(options.child.read_text()))
