@@ -124,11 +124,14 @@ def plot_ablation(df: pd.DataFrame, path: str | Path, metric: str = "ndcg@10") -
     datasets = [c.split("/", 1)[1] for c in columns]
     x = np.arange(len(columns))
     width = 0.8 / len(df)
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.2 * len(columns) * max(1, len(df)) * 0.5 + 3), 4.8))
-    for i, (_, row) in enumerate(df.iterrows()):
+    labels = []
+    for _, row in df.iterrows():
+        settings = ", ".join(f"{p.split('.')[-1]}={_short(row[p])}" for p in params if pd.notna(row[p]))
+        labels.append(f"{row['experiment']} ({row['role']})" + (f": {settings}" if settings else ""))
+    # Wide enough for the bars and for the longest legend line (about 0.07 inch per character at 8 points).
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.6 * len(columns) * len(df) + 3, 0.07 * max(map(len, labels)) + 1), 4.8))
+    for i, ((_, row), label) in enumerate(zip(df.iterrows(), labels)):
         values = 100 * row[columns].to_numpy(float)
-        settings = ", ".join(f"{p.split('.')[-1]}={row[p]}" for p in params if pd.notna(row[p]))
-        label = f"{row['experiment']} ({row['role']})" + (f": {settings}" if settings else "")
         baseline = row["role"] == "baseline"
         bars = ax.bar(x - 0.4 + width * (i + 0.5), values, width, label=label,
                       edgecolor="black" if baseline else "none", linewidth=1.5 if baseline else 0,
