@@ -414,15 +414,14 @@ def test_an_existing_checkpoint_is_recorded_not_trained(tmp_path):
     from colbench.training_curve import plot_training
 
     checkpoint = str(Path(__file__).parent / "fixtures" / "pylate" / "bert" / "pylate-colbert")
-    summary = use_existing_checkpoint(checkpoint, tmp_path / "model", checkpoints_dir=tmp_path / "checkpoints",
-                                      log_path=tmp_path / "log.json", baseline_runs=tmp_path / "baseline")
+    summary = use_existing_checkpoint(checkpoint, tmp_path / "model", log_path=tmp_path / "log.json",
+                                      baseline_runs=tmp_path / "baseline")
     assert summary["trained"] is False and summary["checkpoint"] == checkpoint
     assert read_json(tmp_path / "model" / "checkpoint.json")["checkpoint"] == checkpoint
     pointed = load_colbert(str(tmp_path / "model"))
     original = load_colbert(checkpoint)
     assert pointed.encode_document(["a test"])[0].shape == original.encode_document(["a test"])[0].shape
     assert read_json(tmp_path / "log.json")["records"] == [] and (tmp_path / "baseline").is_dir()
-    assert (tmp_path / "checkpoints").is_dir()  # a declared output of the stage, empty
     assert plot_training([], tmp_path / "training.png", checkpoint=checkpoint).stat().st_size > 1000
 
 

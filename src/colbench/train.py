@@ -513,12 +513,12 @@ def training_summary(output_dir: str | Path, log_path: str | Path, heldout: str 
     return summary
 
 
-def use_existing_checkpoint(checkpoint: str, output_dir: str | Path, *, checkpoints_dir: str | Path,
-                            log_path: str | Path, baseline_runs: str | Path) -> dict[str, Any]:
+def use_existing_checkpoint(checkpoint: str, output_dir: str | Path, *, log_path: str | Path,
+                            baseline_runs: str | Path) -> dict[str, Any]:
     """No training: check that ``checkpoint`` (hub id or path) loads, and point ``output_dir`` at it.
 
-    ``output_dir/checkpoint.json`` is what `colbench.model.load_colbert` follows; the log is empty, there
-    is no untrained baseline run, and ``checkpoints_dir`` is left empty (it exists: the stage declares it).
+    ``output_dir/checkpoint.json`` is what `colbench.model.load_colbert` follows; the log is empty and there
+    is no untrained baseline run (its folder exists, empty: the stage declares it).
     """
     from colbench.model import load_colbert, model_fingerprint
 
@@ -529,7 +529,6 @@ def use_existing_checkpoint(checkpoint: str, output_dir: str | Path, *, checkpoi
                                              "provenance": provenance(Path(__file__).resolve().parent)})
     write_json(log_path, {"records": [], "summary": {"checkpoint": checkpoint}})
     Path(baseline_runs).mkdir(parents=True, exist_ok=True)
-    Path(checkpoints_dir).mkdir(parents=True, exist_ok=True)
     return {"trained": False, "checkpoint": checkpoint, "global_step": 0, "n_train_queries": 0}
 
 
