@@ -1,0 +1,134 @@
+"""The README's commands on the demo, run as a user runs them in a scratch clone of this working tree, offline.
+
+The clone runs `make demo` once; the journeys that build on a finished demo share that run: change a module and
+see which stages are stale, experiments in the report, outputs through a DVC remote, a killed run that resumes to
+the same result. Each test names the README section whose commands it runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from journeys import clone_of_this_tree, declared_outputs, environment, read, run, stale_stages
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> dict:
+    """README, top: `make demo` in a fresh clone."""
+    repo = clone_of_this_tree(tmp_path_factory.mktemp("demo-clone"))
+    started = time.perf_counter()
+    run("make demo", repo)
+    folder = repo / "demo"
+    return {"repo": repo, "seconds": time.perf_counter() - started,
+            "metrics": read(folder / "reports/metrics/evaluate.json"),
+            "training": read(folder / "reports/metrics/train.json"),
+            "weights": read(folder / "models/colbert/colbench_train.json")["parameter_sha256"]}
+
+
+def test_make_demo_writes_the_report_and_training_helps(demo):
+    repo = demo["repo"]
+    missing = [str(p.relative_to(repo)) for p in declared_outputs(repo, "demo") if not p.exists()]
+    assert not missing, f"declared but not produced: {missing}"
+    reports = repo / "demo" / "reports"
+    for stage in ("01_prepare", "02_train", "03_encode", "04_index", "05_retrieve", "06_evaluate", "07_report"):
+        assert (reports / "html" / f"{stage}.html").stat().st_size > 10_000
+    assert "pydocs" in (reports / "README.md").read_text()
+    train = read(reports / "metrics" / "train.json")
+    assert demo["metrics"]["pydocs"]["ndcg@10"] > train["heldout_start_ndcg@10"] + 0.01, (train, demo["metrics"])
+    print(f"make demo: {demo['seconds']:.0f} s")
+
+
+@pytest.mark.parametrize(("module", "stale"), [
+    ("figures", {"report@demo"}),  # editing the report's figures does not retrain
+    ("index", {"train@demo", "index@demo", "retrieve@demo"}),  # the held-out evaluation searches through retrieve
+    ("evaluate", {"train@demo", "retrieve@demo", "evaluate@demo", "report@demo"}),
+])
+def test_editing_a_module_makes_exactly_the_stages_that_import_it_stale(demo, module, stale):
+    repo = demo["repo"]
+    source = repo / "src" / "colbench" / f"{module}.py"
+    original = source.read_text()
+    assert stale_stages(repo, "report@demo") == set()  # the finished demo is up to date
+    try:
+        source.write_text(original + "\n# an edit\n")
+        assert stale_stages(repo, "report@demo") == stale
+    finally:
+        source.write_text(original)
+
+
+def test_make_ablation_adds_the_experiment_to_the_report(demo):
+    # README, "Ablations": `make ablation` with another setting than its default pair (a cheap one: retrieval only).
+    repo = demo["repo"]
+    run("make ablation ABLATIONS=retrieve.ef_search=16", repo)
+    index = (repo / "demo" / "reports" / "README.md").read_text()
+    ablations = index.split("## Ablations", 1)[1].split("\n## ", 1)[0]
+    assert "retrieve.ef_search" in ablations
+    experiments = [line for line in ablations.splitlines() if re.match(r"\| [\w-]+ \| experiment \|", line)]
+    assert any(re.search(r"\| 16 \|", line) for line in experiments), ablations
+
+
+def test_make_seeds_and_make_encoders_feed_the_report(demo):
+    # README, "Seeds and encoders", at toy scale: the tiny random BERT of the tests trains in seconds. `make encoders`
+    # runs it with the demo's seed, `make seeds` once more with seed 7: a seed group of two, and an encoder
+    # comparison against the demo's MiniLM run.
+    repo, tiny = demo["repo"], "../tests/fixtures/pylate/bert/base"
+    run(f"make encoders ENCODERS={tiny}", repo)
+    run(f"make seeds SEEDS=7 EXP_FLAGS='-S demo/params.yaml:train.base_model={tiny}'", repo)
+    reports = repo / "demo" / "reports"
+    seeds = (reports / "seeds.csv").read_text().splitlines()
+    assert len(seeds) == 2 and seeds[1].startswith("pydocs,2,"), seeds  # one group, one dataset, two seeds
+    encoders = (reports / "encoders.csv").read_text()
+    assert tiny in encoders
+    index = (reports / "README.md").read_text()
+    assert "## Seed variance" in index and "## Encoders" in index
+    assert (reports / "figures" / "seeds.png").stat().st_size > 10_000
+
+
+def test_outputs_round_trip_through_a_dvc_remote(demo, tmp_path):
+    # README, "Sharing artifacts".
+    repo = demo["repo"]
+    index = repo / "demo/data/indexes/pydocs/manifest.json"
+    before = index.read_bytes()
+    run(f"dvc remote add --local -d storage {tmp_path / 'remote'} && dvc push", repo)
+    shutil.rmtree(repo / ".dvc" / "cache")
+    shutil.rmtree(repo / "demo" / "data")
+    shutil.rmtree(repo / "demo" / "models" / "colbert")
+    run("dvc pull --with-deps report@demo", repo)
+    assert index.read_bytes() == before
+    assert (repo / "demo/models/colbert/model.safetensors").is_file()
+    assert stale_stages(repo, "report@demo") == set()
+
+
+def test_a_killed_demo_resumes_from_its_checkpoint_and_ends_identical(demo):
+    # README, "Run the full study": a killed run resumes from its last checkpoint (here the demo's training). The
+    # training stage alone is rerun: its held-out evaluation at the end encodes, indexes, searches and scores with
+    # the pipeline's own functions, and every later stage is a function of the weights it compares.
+    repo, folder = demo["repo"], demo["repo"] / "demo"
+    shutil.rmtree(folder / "models")
+    shutil.rmtree(repo / ".dvc" / "cache")  # as on a first run: DVC has no cached outputs to restore, it trains
+    process = subprocess.Popen(["dvc", "repro", "train@demo"], cwd=repo, env=environment(repo), start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = folder / "models/checkpoints/checkpoint-20/colbench_complete.json"  # of 25 steps: little to redo
+    deadline = time.monotonic() + 1800
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert marker.exists(), "training wrote no checkpoint before the pipeline ended"
+    os.killpg(process.pid, signal.SIGKILL)  # the whole pipeline: dvc, papermill, the kernel
+    process.wait()
+    assert not (folder / "models/colbert/colbench_train.json").exists()
+
+    run("dvc repro train@demo", repo)
+    record = read(folder / "models/colbert/colbench_train.json")
+    assert record["resumed_from_step"] >= 20
+    assert record["parameter_sha256"] == demo["weights"]
+    resumed = read(folder / "reports/metrics/train.json")
+    assert {k: v for k, v in resumed.items() if k != "resumed_from_step"} == \
+        {k: v for k, v in demo["training"].items() if k != "resumed_from_step"}
