@@ -45,9 +45,8 @@ study: install
 	dvc repro report@study
 	@echo "Report: reports/README.md"
 
-# Two processes, a test file each at a time: the demo's journeys (one shared `make demo`) run beside the rest.
 test: install
-	HF_HUB_OFFLINE=1 python -m pytest -n 2 --dist loadfile --durations=15
+	HF_HUB_OFFLINE=1 python -m pytest --durations=15
 
 test-fast: install
 	HF_HUB_OFFLINE=1 python -m pytest -m "not slow"
@@ -81,6 +80,7 @@ docs: install
 
 bench-retrieval: install
 	python bench/retrieval.py
+	python bench/index_threads.py
 
 bench-train: install
 	python bench/train_cpu.py

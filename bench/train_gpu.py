@@ -2,7 +2,7 @@
 
 What runs: `colbench.train.train`, the pipeline's own code path, with the study's settings read from
 params.yaml by `colbench.config.load_params` (`train.model`, `train.loss`, `train.args`, `train.seed`,
-`train.micro_batch`, `train.attn_implementation`), on a synthetic KD set prepared by the pipeline's
+`train.micro_batch`, `train.attn_implementation`, `train.document_chunk`), on a synthetic KD set prepared by the pipeline's
 `colbench.kd.prepare_kd`. What the benchmark overrides is recorded per run under ``overrides``:
 
 - the base model: ModernBERT-base's architecture (hidden 768, 22 layers, 12 heads, GLU 1152, local
@@ -16,8 +16,10 @@ params.yaml by `colbench.config.load_params` (`train.model`, `train.loss`, `trai
 - the levers, each one a setting of the pipeline that keeps the optimizer step at the study's
   per_device x accumulation = 4 x 4 = 16 queries and the same arithmetic: ``--micro-batch`` (train.micro_batch:
   queries per forward pass, accumulation recomputed by `colbench.train.batch_split`),
-  ``--attn-implementation`` (train.attn_implementation), ``--optim adamw_torch_fused``,
-  ``--torch-compile`` and ``--workers`` (train.args.optim / torch_compile / dataloader_num_workers).
+  ``--attn-implementation`` (train.attn_implementation), ``--document-chunk N`` (train.document_chunk: each
+  query's candidates longest first, the documents embedded N at a time, each chunk only as wide as its longest),
+  ``--optim adamw_torch_fused``, ``--torch-compile`` and ``--workers`` (train.args.optim / torch_compile /
+  dataloader_num_workers).
 
 Not run: the held-out evaluator, the loss canary and checkpoints (every 5,000 steps in the study), so the
 time is that of training steps alone.
@@ -38,7 +40,8 @@ Measured per configuration, each in a fresh child process (its own compile cache
 - tokens per optimizer step, counted on the collated batches as the loss receives them (a forward
   pre-hook on the loss): query tokens (all 32 per query are computed and scored: the attended ones and
   the [MASK] expansion), document tokens whose attention mask is 1 (real) and the document tokens the
-  encoder computes (padded: the loss runs the 32 document columns as one forward, padded to the widest);
+  encoder computes (padded: the loss runs the 32 document columns as one forward, padded to the widest,
+  or with ``document_chunk`` in chunks of that many rows, each as wide as its longest document);
 - model FLOPs per step = 6 x parameters x real tokens (the usual estimate of a forward and a backward
   pass; parameters without the token-embedding matrix, which is a lookup; attention scores left out) and
   MFU = model FLOP/s / 989 TFLOP/s, the H200 SXM's dense bf16 peak (NVIDIA's datasheet; 1,979 is with
@@ -48,7 +51,8 @@ Measured per configuration, each in a fresh child process (its own compile cache
   weights, so only the arithmetic's rounding may differ.
 
 ``--sweep`` runs, in this order, within ``--budget`` seconds: params.yaml as it is (4 x 4, sdpa); micro-batch
-16 (one forward of 16 queries x 32 documents); + fused AdamW; + 4 dataloader workers; + torch.compile;
+16 (one forward of 16 queries x 32 documents); + fused AdamW; + 4 dataloader workers; + document chunks of
+64 (8 forwards of 64 documents, each as wide as its longest); + torch.compile;
 and + flash_attention_2 (without compile) when the flash_attn package imports (sentence-transformers 6.2
 refuses it with the study's `attend_to_expansion_tokens: false`: the row then shows that refusal).
 torch.compile comes last because it is the slowest to start: if it runs out of time it costs no other row.
@@ -200,7 +204,8 @@ def write_modernbert_base(folder: Path, tokenizer_dir: Path, size: str) -> Path:
 
 
 # ----------------------------------------------------------------------------------- configurations
-LEVERS = ("micro_batch", "attn_implementation", "optim", "torch_compile", "workers")
+LEVERS = ("micro_batch", "attn_implementation", "document_chunk", "optim", "torch_compile", "workers")
+SWEEP_DOCUMENT_CHUNK = 64
 
 
 def sweep_configs(workers: int) -> list[tuple[str, dict]]:
@@ -211,6 +216,8 @@ def sweep_configs(workers: int) -> list[tuple[str, dict]]:
     configs.append(("+ fused AdamW", dict(fast)))
     fast["workers"] = workers
     configs.append((f"+ {workers} workers", dict(fast)))
+    fast["document_chunk"] = SWEEP_DOCUMENT_CHUNK
+    configs.append((f"+ document chunks of {SWEEP_DOCUMENT_CHUNK}", dict(fast)))
     configs.append(("+ torch.compile", {**fast, "torch_compile": True}))
     if importlib.util.find_spec("flash_attn") is not None:
         configs.append(("+ flash_attention_2 (no compile)", {**fast, "attn_implementation": "flash_attention_2"}))
@@ -228,7 +235,8 @@ def settings(levers: dict, *, steps: int, warmup: int, cuda: bool, base_model: s
     params = load_params(REPO / "params.yaml")
     t = params.train
     sections = {
-        "train": {"base_model": t.base_model, "micro_batch": t.micro_batch, "attn_implementation": t.attn_implementation},
+        "train": {"base_model": t.base_model, "micro_batch": t.micro_batch, "attn_implementation": t.attn_implementation,
+                  "document_chunk": t.document_chunk},
         "train.loss": dataclasses.asdict(t.loss),
         "train.args": dataclasses.asdict(t.args),
     }
@@ -256,6 +264,7 @@ def settings(levers: dict, *, steps: int, warmup: int, cuda: bool, base_model: s
         "base_model": sections["train"]["base_model"],
         "micro_batch": sections["train"]["micro_batch"],
         "attn_implementation": sections["train"]["attn_implementation"],
+        "document_chunk": sections["train"]["document_chunk"],
         "model_kwargs": dataclasses.asdict(t.model),
         "loss_kwargs": sections["train.loss"],
         "args": sections["train.args"],
@@ -268,16 +277,17 @@ def settings(levers: dict, *, steps: int, warmup: int, cuda: bool, base_model: s
 class TokenCounter:
     """Forward pre-hook on the loss: counts the tokens of each micro-batch it receives.
 
-    Shapes are read on the host; the attention-mask sums stay on the device until the end, so counting
-    adds no synchronisation to the timed steps.
+    Shapes are read on the host; the attention-mask sums and document lengths stay on the device until the end,
+    so counting adds no synchronisation to the timed steps.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, document_chunk: int | None) -> None:
+        self.document_chunk = document_chunk
         self.micro_batches = 0
         self.query_tokens = 0  # [batch, 32]: attended tokens and [MASK] expansion, all computed and scored
         self.doc_collated = 0  # the document columns' own shapes
-        self.doc_padded = 0  # what the encoder computes: the columns merged into one batch as wide as the widest
-        self.sums = None  # device tensor [query attended, document real]
+        self.query_attended = []  # device scalars
+        self.doc_lengths = []  # device tensors [n_ways, batch]: the merged batch's rows, column-major
 
     def __call__(self, module, args):
         import torch
@@ -286,20 +296,28 @@ class TokenCounter:
         self.micro_batches += 1
         self.query_tokens += query["input_ids"].numel()
         self.doc_collated += sum(d["input_ids"].numel() for d in docs)
-        self.doc_padded += max(d["input_ids"].shape[1] for d in docs) * sum(d["input_ids"].shape[0] for d in docs)
-        sums = torch.stack([query["attention_mask"].sum(), torch.stack([d["attention_mask"].sum() for d in docs]).sum()])
-        self.sums = sums if self.sums is None else self.sums + sums
+        self.query_attended.append(query["attention_mask"].sum())
+        self.doc_lengths.append(torch.stack([d["attention_mask"].sum(dim=1) for d in docs]))
+
+    def document_padded(self, lengths: list[int]) -> int:
+        """Token positions the encoder computes for one micro-batch's documents: one forward as wide as the
+        longest, or chunks of ``document_chunk`` rows each trimmed to its own longest (right padding)."""
+        chunk = self.document_chunk or len(lengths)
+        return sum(max(lengths[i:i + chunk]) * len(lengths[i:i + chunk]) for i in range(0, len(lengths), chunk))
 
     def per_step(self, steps: int) -> dict:
-        attended, doc_real = (int(v) for v in self.sums.tolist())
+        attended = sum(int(v) for v in self.query_attended)
+        rows = [lengths.flatten().tolist() for lengths in self.doc_lengths]
+        doc_real = sum(sum(r) for r in rows)
+        doc_padded = sum(self.document_padded(r) for r in rows)
         real = self.query_tokens + doc_real
-        padded = self.query_tokens + self.doc_padded
+        padded = self.query_tokens + doc_padded
         return {
             "query_tokens": self.query_tokens / steps,
             "query_attended_tokens": attended / steps,
             "document_real_tokens": doc_real / steps,
             "document_collated_tokens": self.doc_collated / steps,
-            "document_padded_tokens": self.doc_padded / steps,
+            "document_padded_tokens": doc_padded / steps,
             "real_tokens": real / steps,
             "padded_tokens": padded / steps,
             "padding_share": 1 - real / padded,
@@ -317,7 +335,7 @@ def run_config(spec: dict) -> dict:
 
     cuda = spec["device"] == "cuda"
     warmup, steps, max_seconds = spec["warmup_steps"], spec["steps"], spec["max_seconds"]
-    counter = TokenCounter()
+    counter = TokenCounter(spec["settings"]["document_chunk"])
     build_kd_loss = colbench.loss.build_kd_loss
 
     def counted_loss(model, **kwargs):
@@ -373,7 +391,7 @@ def run_config(spec: dict) -> dict:
         kd_dir=spec["kd_dir"], output_dir=work / "model", checkpoints_dir=work / "checkpoints", log_path=work / "log.json",
         base_model=setup["base_model"], model_kwargs=setup["model_kwargs"], loss_kwargs=setup["loss_kwargs"],
         args=setup["args"], seed=setup["seed"], micro_batch=setup["micro_batch"],
-        attn_implementation=setup["attn_implementation"], callbacks=[clock])
+        attn_implementation=setup["attn_implementation"], document_chunk=setup["document_chunk"], callbacks=[clock])
     wall = time.perf_counter() - started
     if not clock.timed:
         raise RuntimeError("no timed steps: raise --steps or --max-seconds")
@@ -466,8 +484,9 @@ def markdown(result: dict) -> str:
             continue
         split, tok = row["batch_split"], row["tokens_per_step"]
         mfu = f"{row['mfu']:.1%} / {row['padded_mfu']:.1%}" if row["mfu"] is not None else "(cpu)"
+        chunks = f", documents {split['document_chunk']} at a time" if split.get("document_chunk") else ""
         lines.append(
-            f"| {row['name']} | {split['micro_batch']} x {split['accumulation']} | {row['attn_implementation']} | "
+            f"| {row['name']} | {split['micro_batch']} x {split['accumulation']}{chunks} | {row['attn_implementation']} | "
             f"{row['seconds_per_step']:.3f} | {row['queries_per_s']:.1f} | {row['projected_hours']:.1f} | "
             f"{tok['real_tokens']:,.0f} / {tok['padded_tokens']:,.0f} | {row['model_tflop_per_step']:.1f} | {mfu} | "
             f"{num(row['gpu_memory_peak_gib'], '.1f')} | {num(row.get('loss_max_rel_diff_vs_first'), '.1e')} | ok |"
@@ -481,7 +500,8 @@ def markdown(result: dict) -> str:
         "",
         "Tokens per optimizer step, counted on the collated batches the loss receives: real = every query token "
         "(32 per query, [MASK] expansion included: computed and scored) + document tokens with attention mask 1; "
-        "padded = what the encoder computes (the 32 document columns run as one batch padded to the widest). "
+        "padded = what the encoder computes (the 32 document columns run as one batch padded to the widest, or "
+        "in chunks of `document_chunk` rows, each as wide as its longest). "
         "Model FLOPs = 6 x parameters (without the token-embedding matrix) x real tokens; "
         f"MFU against {result['peak_tflops']:.0f} TFLOP/s ({result['peak_source']}). "
         "Loss vs first: largest relative difference of the losses logged at step 1 and every "
@@ -521,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                     "a configuration still running then is killed")
     parser.add_argument("--micro-batch", type=int, help="train.micro_batch (queries per forward pass)")
     parser.add_argument("--attn-implementation", choices=("sdpa", "eager", "flash_attention_2"))
+    parser.add_argument("--document-chunk", type=int, help="train.document_chunk (documents per forward pass)")
     parser.add_argument("--optim", choices=("adamw_torch", "adamw_torch_fused"))
     parser.add_argument("--torch-compile", action="store_true")
     parser.add_argument("--workers", type=int, help="train.args.dataloader_num_workers (sweep: 4)")
@@ -563,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
         configs = sweep_configs(workers)
     else:
         levers = {"micro_batch": options.micro_batch, "attn_implementation": options.attn_implementation,
-                  "optim": options.optim, "torch_compile": options.torch_compile or None, "workers": options.workers}
+                  "document_chunk": options.document_chunk, "optim": options.optim, "torch_compile": options.torch_compile or None, "workers": options.workers}
         levers = {k: v for k, v in levers.items() if v is not None}
         configs = [(", ".join(f"{k}={v}" for k, v in levers.items()) or "params.yaml (4 x 4)", levers)]
 

@@ -1,8 +1,7 @@
 """What the journey tests share: scratch clones of this working tree and the README's commands run in them, as a
 user runs them (offline, with this test run's virtualenv).
 
-The journeys are in two files, so that `pytest -n 2 --dist loadfile` (`make test`) runs the demo's and the
-study's in parallel: `test_journeys_demo.py` (one `make demo` that the demo's journeys share) and
+The journeys are in two files: `test_journeys_demo.py` (one `make demo` that the demo's journeys share) and
 `test_journeys_study.py` (the study's pipeline pointed at local stand-ins for the hub and BEIR downloads).
 """
 

@@ -70,13 +70,14 @@ def test_max_over_document_tokens_equals_amax_for_any_signs(dtype):
 
 @pytest.mark.parametrize("dtype,tol", [("float32", 1e-4), ("bfloat16", 0.08)])
 @pytest.mark.parametrize("block_tokens", [1, 40, 10**6])
-def test_exact_matches_naive_oracle(tmp_path, dtype, tol, block_tokens):
+@pytest.mark.parametrize("device", ["cpu", "auto"])  # auto: the GPU's products where there is one
+def test_exact_matches_naive_oracle(tmp_path, dtype, tol, block_tokens, device):
     rng = np.random.default_rng(1)
     docs = clustered(rng, 60)
     qs = clustered(rng, 5, length=(4, 4)) + clustered(rng, 2, length=(6, 6))  # two query lengths
     dstore = make_store(tmp_path / "d", [f"d{i}" for i in range(60)], docs)
     qstore = make_store(tmp_path / "q", [f"q{i}" for i in range(7)], qs)
-    run = search(qstore, dstore, k=10, mode="exact", dtype=dtype, block_tokens=block_tokens)
+    run = search(qstore, dstore, k=10, mode="exact", dtype=dtype, block_tokens=block_tokens, device=device)
     assert list(run) == [f"q{i}" for i in range(7)]
     for i, q in enumerate(qs):
         truth = {f"d{j}": naive_maxsim(q, d) for j, d in enumerate(docs)}
@@ -180,6 +181,14 @@ def test_bad_input_is_refused(tmp_path, case):
                                           "other_store_index": "another store", "dim": "dimension",
                                           "model": "different models"}[case]):
         search(queries, docs, **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a CUDA GPU")
+def test_a_gpu_asked_for_where_there_is_none_is_refused(tmp_path):
+    docs = make_store(tmp_path / "d", ["a"], [[[1, 0]]])
+    queries = make_store(tmp_path / "q", ["q"], [[[1, 0]]])
+    with pytest.raises(InputError, match="retrieve.device is cuda but torch sees no CUDA GPU"):
+        search(queries, docs, k=1, mode="exact", device="cuda")
 
 
 def test_trec_round_trip_keeps_ranking_and_scores(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import re
 import shutil
 import signal
@@ -18,11 +19,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from transformers import TrainerCallback
 
 from colbench.atomic import read_json, write_json
 from colbench.errors import InputError
 from colbench.kd import load_kd_dataset
-from colbench.model import parameter_sha256
+from colbench.model import load_colbert, parameter_sha256
 from colbench.train import (
     CHECKPOINT_COMPLETE,
     JsonLog,
@@ -406,6 +408,50 @@ def test_every_split_of_a_step_gives_the_same_training(tmp_path):
             assert ours["grad_norm"] == pytest.approx(theirs["grad_norm"], rel=1e-5)
         for name, tensor in weights_by_split[micro].items():
             torch.testing.assert_close(tensor, weights_by_split[2][name], atol=1e-5, rtol=0)
+
+
+class EncoderTokens(TrainerCallback):
+    """Counts the token positions the encoder computes (padding included) while training."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        model[0].auto_model.get_input_embeddings().register_forward_pre_hook(self.count)
+
+    def count(self, module, inputs):
+        self.tokens += inputs[0].numel()
+
+
+def test_document_chunks_train_the_same_with_less_padding(tmp_path, kd_folder):
+    # train.document_chunk: each query's candidates put longest first and the micro-batch's documents embedded in
+    # chunks, each as wide as its longest: the same losses, gradient norms and weights as one forward padded to the
+    # widest, and fewer token positions through the encoder.
+    rng = random.Random(3)
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda omicron".split()
+    documents = {f"d{i}": " ".join(rng.choice(words) for _ in range(rng.randint(1, 15))) for i in range(48)}
+    queries = {f"q{i}": f"{words[i]} and {words[-i]}" for i in range(12)}
+    rows = [{"query_id": f"q{i}", "document_ids": [f"d{4 * i + j}" for j in range(4)],
+             "scores": [round(rng.random(), 4) for _ in range(4)]} for i in range(12)]
+    kd = kd_folder(queries, documents, rows)
+    logs, trained, computed = {}, {}, {}
+    for chunk in (None, 2):
+        counter = EncoderTokens()
+        config = {**tiny_config(tmp_path / f"chunk{chunk}", max_steps=3), "base_model": str(MODERNBERT), "kd_dir": str(kd)}
+        trained[chunk] = train(**config, document_chunk=chunk, callbacks=[counter])
+        logs[chunk] = [r for r in read_json(config["log_path"])["records"] if "loss" in r]
+        computed[chunk] = counter.tokens
+    assert len(logs[2]) == 3
+    for ours, theirs in zip(logs[2], logs[None], strict=True):
+        assert ours["loss"] == pytest.approx(theirs["loss"], abs=1e-6)
+        assert ours["grad_norm"] == pytest.approx(theirs["grad_norm"], rel=1e-5)
+    # Weights are compared through what they compute: Adam turns the rounding noise of gradients that are zero in
+    # exact arithmetic (attention logits shifted alike for every key) into updates of the learning rate's size.
+    texts = list(documents.values())
+    encoded = {chunk: load_colbert(str(folder)).encode_document(texts) for chunk, folder in trained.items()}
+    for ours, theirs in zip(encoded[2], encoded[None], strict=True):
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+    assert computed[2] < 0.85 * computed[None], computed  # queries included: they are not chunked < 0.8 * computed[None], computed
 
 
 def test_an_existing_checkpoint_is_recorded_not_trained(tmp_path):

@@ -150,6 +150,7 @@ class Train:
     canary: Canary | None = None
     micro_batch: int | None = field(default=None, metadata=_check(lambda v: v > 0, "null or > 0"))
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = None
+    document_chunk: int | None = field(default=None, metadata=_check(lambda v: v > 0, "null or > 0"))
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,7 @@ class Retrieve:
     maxsim_dtype: Literal["bfloat16", "float32"]
     block_tokens: int = field(metadata=_check(lambda v: v >= 1024, ">= 1024"))
     tradeoff_ef_search: list[int] = field(metadata=_check(lambda v: all(x > 0 for x in v), "positive integers"))
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
 
 
 @dataclass(frozen=True)

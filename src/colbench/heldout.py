@@ -46,7 +46,8 @@ class HeldOutRetrievalEvaluator(BaseEvaluator):
                 encode.encode_to_store(model, ids, texts, Path(tmp) / part, is_query=is_query,
                                        batch_size=self.batch_size, dtype="float32", show_progress=False)
                 stores[part] = open_store(Path(tmp) / part)
-            run = retrieve.search(stores["queries"], stores["docs"], k=self.k, mode="exact", dtype="float32")
+            run = retrieve.search(stores["queries"], stores["docs"], k=self.k, mode="exact", dtype="float32",
+                                  device="auto")
         if steps == 0 and self.baseline_run is not None:  # the untrained model (a resumed run starts later)
             runs.write_trec(run, self.baseline_run, tag="untrained")
         metrics, _ = evaluate.evaluate_run(run, self.qrels, ignore_identical_ids=self.ignore_identical_ids)

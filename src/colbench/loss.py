@@ -71,6 +71,7 @@ def build_kd_loss(
     temperature: float = 1.0,
     masked_positions: str = "zero",
     teacher_temperature: float | None = None,
+    document_chunk: int | None = None,
 ):
     """The study's KD loss for `model`: a `MultiVectorDistillKLDivLoss` scoring like PyLate's `Distillation`.
 
@@ -79,9 +80,12 @@ def build_kd_loss(
     `teacher_temperature` overrides it on the teacher's side (None: the same): min-max normalised
     student scores always span 1, so a teacher whose scores span much less can only be matched by a
     student that gives up on ranking; dividing the teacher's scores brings the two spans together.
+    `document_chunk` (ST's ``mini_batch_size``): documents per forward pass, each chunk trimmed to its own
+    longest document (None: one forward of all); the same embeddings, less padding.
     """
     from sentence_transformers.multi_vector_encoder.losses import MultiVectorDistillKLDivLoss
 
     scores = PyLateKDScores(normalize_scores=normalize_scores, masked_positions=masked_positions)
     return MultiVectorDistillKLDivLoss(model, similarity_fct=scores, temperature=float(temperature),
-                                       teacher_temperature=None if teacher_temperature is None else float(teacher_temperature))
+                                       teacher_temperature=None if teacher_temperature is None else float(teacher_temperature),
+                                       mini_batch_size=document_chunk)

@@ -18,6 +18,10 @@ Padding never wins a max: a document shorter than its sub-block is padded with c
 zero vectors without a mask, so there a padded position scores 0 and wins whenever a query token's best
 real similarity is negative: its scores for short documents can be higher than the true MaxSim.
 
+The products run on ``device``: the CPU, or a CUDA GPU (``auto``: the GPU when there is one). The store stays
+in host memory either way; each sub-block is gathered there and sent to the GPU, so GPU memory holds one
+sub-block, the query tiles and one product at a time.
+
 Ties are broken by document id (ascending string order), also at the k-th place. ``k`` larger than the
 number of documents returns every document (with a warning); ``hnsw`` returns fewer than ``k`` when the
 candidates are fewer. Documents with no token vectors cannot be scored and never appear.
@@ -48,14 +52,16 @@ _SCORES_BYTES = 256 << 20  # score matrix of one query batch in exact mode
 
 def search(query_store: EmbeddingStore, doc_store: EmbeddingStore, *, k: int = 100, mode: str = "hnsw",
            index: TokenIndex | None = None, ef_search: int = 64, tokens_per_query_token: int = 32,
-           dtype: str = "bfloat16", block_tokens: int = 262144) -> dict[str, dict[str, float]]:
+           dtype: str = "bfloat16", block_tokens: int = 262144, device: str = "cpu") -> dict[str, dict[str, float]]:
     """Top-``k`` MaxSim documents of ``doc_store`` for every query of ``query_store`` (see the module docstring).
 
     ``dtype`` is the type of the matrix products in both modes (bfloat16 is fast where the CPU has it,
     scores then differ from float32 by about 1e-2); sums are always float32. ``index`` (from
-    :func:`colbench.index.open_index`) is required for ``mode="hnsw"``.
+    :func:`colbench.index.open_index`) is required for ``mode="hnsw"``. ``device``: ``cpu``, ``cuda`` or
+    ``auto`` (`maxsim_device`).
     """
     _validate(query_store, doc_store, mode=mode, index=index)
+    torch_device = maxsim_device(device)
     n_scorable = int((doc_store.lengths > 0).sum())
     if k > n_scorable:
         warnings.warn(f"k={k} is larger than the {n_scorable} documents of {doc_store.path}: returning all of them",
@@ -65,8 +71,21 @@ def search(query_store: EmbeddingStore, doc_store: EmbeddingStore, *, k: int = 1
     id_rank[np.argsort(np.asarray(doc_store.ids, dtype=object), kind="stable")] = np.arange(len(doc_store))
     with torch.inference_mode():
         if mode == "exact":
-            return _search_exact(query_store, doc_store, k, torch_dtype, block_tokens, id_rank)
-        return _search_hnsw(query_store, doc_store, index, k, ef_search, tokens_per_query_token, torch_dtype, id_rank)
+            return _search_exact(query_store, doc_store, k, torch_dtype, block_tokens, id_rank, torch_device)
+        return _search_hnsw(query_store, doc_store, index, k, ef_search, tokens_per_query_token, torch_dtype, id_rank,
+                            torch_device)
+
+
+def maxsim_device(device: str) -> torch.device:
+    """Where MaxSim's products run: ``cpu``; ``cuda`` (refused without a CUDA GPU); ``auto``: the GPU if any."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("retrieve.device is cuda but torch sees no CUDA GPU here: set it to auto or cpu "
+                         "(or install a CUDA build of torch)")
+    if device not in ("cpu", "cuda"):
+        raise InputError(f"retrieve.device {device!r}: use auto, cpu or cuda")
+    return torch.device(device)
 
 
 def _validate(query_store, doc_store, *, mode, index):
@@ -114,19 +133,21 @@ def _score_sorted(vectors: torch.Tensor, offsets: np.ndarray, lengths: np.ndarra
                   q_tiles: list[torch.Tensor], q_len: int, dtype: torch.dtype) -> torch.Tensor:
     """MaxSim, float32 [len(docs), n_queries], of ``docs`` (non-empty, sorted by length) against packed queries.
 
-    ``q_tiles`` are the query tokens, ``dtype``, transposed to [dim, rows] (rows a multiple of ``q_len``).
+    ``q_tiles`` are the query tokens, ``dtype``, transposed to [dim, rows] (rows a multiple of ``q_len``), on the
+    device the products run on; the result is on the CPU.
     Documents are cut into sub-blocks of similar length and padded with copies of their own last token, so
     padding never changes a max. Each sub-block is gathered from ``vectors`` (the store's rows, any dtype)
     and cast once, multiplied by every query tile, and the product reduced: max over each document's tokens
     (in ``dtype``), then a float32 sum over each query's tokens.
     """
     n_q = sum(t.shape[1] for t in q_tiles) // q_len
-    out = torch.empty((len(docs), n_q), dtype=torch.float32)
+    device = q_tiles[0].device
+    out = torch.empty((len(docs), n_q), dtype=torch.float32, device=device)
     budget = min(_MAX_SUB_TOKENS, max(16, _TILE_ELEMENTS // max(t.shape[1] for t in q_tiles)))
     doc_len = lengths[docs]
     # One product buffer for every product: a fresh multi-MB tensor each time is served by mmap and paid for
     # in page faults (exact search on CISI ran at 440 instead of 1000 GFLOP/s with it).
-    sims = torch.empty(budget * max(t.shape[1] for t in q_tiles), dtype=dtype)
+    sims = torch.empty(budget * max(t.shape[1] for t in q_tiles), dtype=dtype, device=device)
     start = 0
     while start < len(docs):
         # Sorted by length: the widest document of [start, stop) is the last; at least one per sub-block.
@@ -142,20 +163,21 @@ def _score_sorted(vectors: torch.Tensor, offsets: np.ndarray, lengths: np.ndarra
         rows = np.pad(rows, (0, shape_rows - len(rows)), mode="edge")
         # From a float16 store, float16 -> float32 -> bfloat16 is faster than the direct cast in torch 2.13
         # (measured: 555 vs 800 us for 1.8M values) and gives the same values: float32 holds every float16.
-        d = vectors.index_select(0, torch.from_numpy(rows)).float().to(dtype)
+        # On a GPU the rows travel in the store's dtype and are cast there.
+        d = vectors.index_select(0, torch.from_numpy(rows)).to(device).float().to(dtype)
         used = (stop - start) * width
         col = 0
         for tile in q_tiles:
             size = d.shape[0] * tile.shape[1]
             if size > sims.numel():  # one document longer than the budget
-                sims = torch.empty(size, dtype=dtype)
+                sims = torch.empty(size, dtype=dtype, device=device)
             product = torch.mm(d, tile, out=sims[:size].view(d.shape[0], tile.shape[1]))
             best = _max_over_tokens(product[:used].view(stop - start, width, -1))
             n = tile.shape[1] // q_len
             out[start:stop, col : col + n] = best.view(stop - start, n, q_len).sum(dim=2, dtype=torch.float32)
             col += n
         start = stop
-    return out
+    return out.cpu()
 
 
 # Integer types of the same width: comparing IEEE floats by their bits as integers (see _max_over_tokens).
@@ -179,11 +201,12 @@ def _max_over_tokens(sims: torch.Tensor) -> torch.Tensor:
     return high.view(sims.dtype)
 
 
-def _query_tiles(query_store: EmbeddingStore, queries: np.ndarray, dtype: torch.dtype) -> tuple[list[torch.Tensor], int]:
+def _query_tiles(query_store: EmbeddingStore, queries: np.ndarray, dtype: torch.dtype,
+                 device: torch.device) -> tuple[list[torch.Tensor], int]:
     """Tokens of ``queries`` (all of one length) packed and cut into [dim, rows] tiles of <= _TILE_ROWS rows."""
     q_len = int(query_store.lengths[queries[0]])
     rows = (query_store.offsets[queries][:, None] + np.arange(q_len)[None, :]).ravel()
-    q = torch.from_numpy(np.asarray(query_store.vectors[rows], dtype=np.float32)).to(dtype)
+    q = torch.from_numpy(np.asarray(query_store.vectors[rows], dtype=np.float32)).to(device=device, dtype=dtype)
     # Equal tiles (2432 rows -> 2 x 1216, not 2048 + 384): a thin last product runs far below peak.
     n_tiles = math.ceil(len(rows) / max(q_len, _TILE_ROWS))
     step = math.ceil(len(queries) / n_tiles) * q_len
@@ -210,7 +233,7 @@ def _doc_blocks(lengths: np.ndarray, block_tokens: int) -> list[np.ndarray]:
     return blocks
 
 
-def _search_exact(query_store, doc_store, k, dtype, block_tokens, id_rank):
+def _search_exact(query_store, doc_store, k, dtype, block_tokens, id_rank, device):
     lengths, offsets = doc_store.lengths, doc_store.offsets
     vectors = _store_tensor(doc_store)
     blocks = _doc_blocks(lengths, block_tokens)
@@ -220,7 +243,7 @@ def _search_exact(query_store, doc_store, k, dtype, block_tokens, id_rank):
         batch = max(1, _SCORES_BYTES // (4 * len(doc_store)))
         for qb in range(0, len(group), batch):
             queries = group[qb : qb + batch]
-            q_tiles, q_len = _query_tiles(query_store, queries, dtype)
+            q_tiles, q_len = _query_tiles(query_store, queries, dtype, device)
             scores = torch.full((len(doc_store), len(queries)), -math.inf)
             for block in blocks:
                 scores[torch.from_numpy(block)] = _score_sorted(vectors, offsets, lengths, block, q_tiles, q_len, dtype)
@@ -231,7 +254,7 @@ def _search_exact(query_store, doc_store, k, dtype, block_tokens, id_rank):
     return {qid: run[qid] for qid in query_store.ids}  # query store order, whatever the grouping
 
 
-def _search_hnsw(query_store, doc_store, index, k, ef_search, tokens_per_query_token, dtype, id_rank):
+def _search_hnsw(query_store, doc_store, index, k, ef_search, tokens_per_query_token, dtype, id_rank, device):
     lengths, offsets = doc_store.lengths, doc_store.offsets
     vectors = _store_tensor(doc_store)
     q_all = np.array(query_store.vectors, dtype=np.float32)  # a writable copy (queries are small)
@@ -242,7 +265,7 @@ def _search_hnsw(query_store, doc_store, index, k, ef_search, tokens_per_query_t
         lo, hi = query_store.offsets[qi], query_store.offsets[qi + 1]
         cands = np.unique(nearest[lo:hi])
         cands = cands[np.argsort(lengths[cands], kind="stable")]
-        q_tile = torch.from_numpy(q_all[lo:hi]).to(dtype).T.contiguous()
+        q_tile = torch.from_numpy(q_all[lo:hi]).to(device=device, dtype=dtype).T.contiguous()
         scores = _score_sorted(vectors, offsets, lengths, cands, [q_tile], int(hi - lo), dtype)[:, 0]
         docs, vals = _top_k(scores.numpy(), cands, id_rank, k)
         run[qid] = {doc_store.ids[d]: float(v) for d, v in zip(docs, vals)}

@@ -17,19 +17,20 @@ from colbench.evaluate import evaluate_run
 
 
 def sweep(queries, docs, index, qrels: Mapping[str, Mapping[str, int]], *, k: int, ef_values: Sequence[int],
-          tokens_per_query_token: int, dtype: str, block_tokens: int, ignore_identical_ids: bool) -> list[dict[str, Any]]:
+          tokens_per_query_token: int, dtype: str, block_tokens: int, ignore_identical_ids: bool,
+          device: str = "cpu") -> list[dict[str, Any]]:
     """Time and score ``retrieve.search`` for each ``ef_search`` in ``ef_values`` (hnsw) and for exact search.
 
     Returns ``[{mode, setting, qps, ndcg@10, recall@100, recall_vs_exact@k}]``; ``recall_vs_exact@k`` is
     the share of exact search's top-k that the setting also returns.
     """
     exact_run, exact_point = _point(queries, docs, qrels, ignore_identical_ids, mode="exact", setting="exact", k=k,
-                                    dtype=dtype, block_tokens=block_tokens)
+                                    dtype=dtype, block_tokens=block_tokens, device=device)
     points = [exact_point]
     for ef in ef_values:
         run, point = _point(queries, docs, qrels, ignore_identical_ids, mode="hnsw", setting=ef, k=k, index=index,
                             ef_search=ef, tokens_per_query_token=tokens_per_query_token, dtype=dtype,
-                            block_tokens=block_tokens)
+                            block_tokens=block_tokens, device=device)
         point[f"recall_vs_exact@{k}"] = overlap(run, exact_run)
         points.append(point)
     exact_point[f"recall_vs_exact@{k}"] = 1.0

@@ -253,6 +253,34 @@ def collator_prompts(model, columns: Sequence[str]) -> dict[str, str]:
     return {column: prompt for column, prompt in prompts.items() if prompt}
 
 
+class LongestCandidatesFirst:
+    """The trainer's collator, each query's candidate documents (and their teacher scores) put longest first.
+
+    With ``train.document_chunk``, the loss embeds the merged document columns (column-major: every query's
+    longest candidate, then every query's second longest, ...) in chunks of that many rows, each only as wide
+    as its own longest document (sentence-transformers' ``mini_batch_size``). Put in this order, neighbouring
+    rows have similar lengths and chunks carry little padding. The loss does not depend on the candidates'
+    order (per-query min-max normalisation, then a KL divergence between distributions over the same
+    candidates): only the rounding changes.
+    """
+
+    def __init__(self, collate: Callable, document_columns: Sequence[str]) -> None:
+        self.collate = collate
+        self.document_columns = list(document_columns)
+
+    def ordered(self, row: dict[str, Any]) -> dict[str, Any]:
+        texts = [row[column] for column in self.document_columns]
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # stable: ties keep the stored order
+        return {**row, **{column: texts[i] for column, i in zip(self.document_columns, order)},
+                "scores": [row["scores"][i] for i in order]}
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return self.collate([self.ordered(row) for row in rows])
+
+    def __getattr__(self, name: str) -> Any:  # what the trainer reads of its collator (valid_label_columns)
+        return getattr(self.__dict__["collate"], name)
+
+
 def check_collator_matches_encoding(trainer, dataset) -> None:
     """Collate the first rows and compare each column's token ids with `model.preprocess` under the task's
     prompt, as `encode_query`/`encode_document` tokenise: prefixes, expansion, lengths, skiplist. A mismatch
@@ -260,6 +288,7 @@ def check_collator_matches_encoding(trainer, dataset) -> None:
     model = trainer.model
     rows = [dataset[i] for i in range(min(2, dataset.num_rows))]
     batch = trainer.data_collator(rows)
+    rows = [getattr(trainer.data_collator, "ordered", lambda row: row)(row) for row in rows]
     for position, column in enumerate(c for c in rows[0] if c != "scores"):
         task = "query" if position == 0 else "document"
         expected = model.preprocess([row[column] for row in rows], prompt=model.prompts.get(task), task=task)
@@ -294,6 +323,7 @@ def build_trainer(
     init_checkpoint: str | None = None,
     micro_batch: int | None = None,
     attn_implementation: str | None = None,
+    document_chunk: int | None = None,
     canary: dict[str, Any] | None = None,
     evaluator=None,
     eval_steps: int | None = None,
@@ -326,7 +356,7 @@ def build_trainer(
     manifest = kd_manifest(kd_dir)
     dataset = load_kd_dataset(kd_dir, n_ways=n_ways, max_samples=max_samples)
     # 3. Loss.
-    loss = build_kd_loss(model, **loss_settings)
+    loss = build_kd_loss(model, **loss_settings, document_chunk=document_chunk)
     # 4. Arguments, with the prompts the collator must prepend to each column.
     training_args = training_arguments(
         args, output_dir=checkpoints_dir, seed=seed, prompts=collator_prompts(model, list(dataset[0])),
@@ -370,6 +400,8 @@ def build_trainer(
         callbacks=[*([watch] if watch else []), log, bookkeeping, *callbacks],
     )
     bookkeeping.trainer = trainer
+    if document_chunk:
+        trainer.data_collator = LongestCandidatesFirst(trainer.data_collator, [c for c in dataset[0] if c != "scores"][1:])
     check_collator_matches_encoding(trainer, dataset)
     run = {"manifest": manifest, "dataset": dataset, "n_ways": n_ways, "config": config, "digest": digest,
            "resume_from": resume_from, "log": log, "header": header}
@@ -410,7 +442,8 @@ def train(*, output_dir: str | Path, provenance_extra: dict[str, Any] | None = N
             "args": settings["args"],
             "resolved_precision": {"bf16": trainer.args.bf16, "tf32": trainer.args.tf32},
             "batch_split": {"micro_batch": trainer.args.per_device_train_batch_size,
-                            "accumulation": trainer.args.gradient_accumulation_steps},
+                            "accumulation": trainer.args.gradient_accumulation_steps,
+                            "document_chunk": settings.get("document_chunk")},
             "seed": settings["seed"],
             "max_samples": settings.get("max_samples"),
             "world_size": trainer.args.world_size,
@@ -454,7 +487,7 @@ def stage_settings(params) -> dict[str, Any]:
         log_path=params.path("reports") / "train" / "log.json", base_model=spec.base_model,
         model_kwargs=dataclasses.asdict(spec.model), loss_kwargs=dataclasses.asdict(spec.loss),
         args=dataclasses.asdict(spec.args), seed=spec.seed, init_checkpoint=spec.init_checkpoint,
-        micro_batch=spec.micro_batch, attn_implementation=spec.attn_implementation,
+        micro_batch=spec.micro_batch, attn_implementation=spec.attn_implementation, document_chunk=spec.document_chunk,
         canary=dataclasses.asdict(spec.canary) if spec.canary else None, eval_steps=spec.eval.steps,
         evaluator_kwargs=evaluator_settings(params), distributed=spec.distributed, num_processes=spec.num_processes,
     )
