@@ -67,12 +67,14 @@ def markdown(result: dict) -> str:
              f"Machine: {result['machine']}. Collection: {result['collection']} ({result['n_documents']} documents, "
              f"{result['n_token_vectors']:,} token vectors, {result['n_queries']} queries). Index and retrieve "
              f"settings of {result['params']}: {result['index']}; hnsw search with tokens_per_query_token "
-             f"{result['tokens_per_query_token']}, recall@100 against exact MaxSim on the same store.", "",
+             f"{result['tokens_per_query_token']}, recall@100 against exact MaxSim on the same store (an ef_search "
+             "below tokens_per_query_token searches as that: Voyager's query ef is max(ef, k)).", "",
              "| build | threads | build s | same graph as build 1 | "
              + " | ".join(f"recall@100 ef {ef}" for ef in efs) + " | " + " | ".join(f"NDCG@10 ef {ef}" for ef in efs) + " |",
              "| --- " * (4 + 2 * len(efs)) + "|"]
     for i, b in enumerate(builds, 1):
-        lines.append(f"| {i} | {b['threads']} | {b['build_s']:.1f} | "
+        threads = f"{b['threads']} ({result['cores']} cores)" if b["threads"] == -1 else b["threads"]
+        lines.append(f"| {i} | {threads} | {b['build_s']:.1f} | "
                      f"{'yes' if b['graph_sha256'] == builds[0]['graph_sha256'] else 'no'} | "
                      + " | ".join(f"{p['recall@100_vs_exact']:.4f}" for p in b["points"]) + " | "
                      + " | ".join(f"{p['ndcg@10']:.4f}" for p in b["points"]) + " |")
@@ -125,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
               "params": str(args.params.relative_to(ROOT) if args.params.is_relative_to(ROOT) else args.params),
               "collection": collection["name"], "n_documents": len(docs), "n_token_vectors": int(docs.n_tokens),
               "n_queries": len(queries), "index": {k: getattr(params.index, k) for k in ("M", "ef_construction", "storage")},
-              "tokens_per_query_token": r.tokens_per_query_token, "builds": builds, "summary": summary(builds, cores),
+              "tokens_per_query_token": r.tokens_per_query_token, "cores": cores, "builds": builds,
+              "summary": summary(builds, cores),
               "wall_s": round(time.perf_counter() - started, 1)}
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "index_threads.json", result)

@@ -233,10 +233,10 @@ def run(options: argparse.Namespace, work: Path) -> dict:
                    "method": "linear in queries x document tokens", "in_total": False})
     n_sweep = len(rt.tradeoff_ef_search)
     stages.append({"stage": f"retrieve stage: {rt.mode} + trade-off sweep (exact, hnsw at ef {rt.tradeoff_ef_search})",
-                   "measured": "the two rows above", "seconds": None, "rate": "",
+                   "measured": f"the hnsw and exact ({rt.device}) rows above", "seconds": None, "rate": "",
                    "study_items": f"{all_queries:,} queries",
                    "projected_s": (1 + n_sweep) * hnsw_s + exact_s if rt.mode == "hnsw" else 2 * exact_s + n_sweep * hnsw_s,
-                   "method": "sum of the rows above; every ef timed as ef_search: upper bound", "in_total": True})
+                   "method": "sum of those rows; every ef timed as ef_search: upper bound", "in_total": True})
     print(f"study_gpu: retrieved {nq} queries: hnsw {t_hnsw:.2f} s, exact {t_exact:.2f} s", flush=True)
 
     # ---- evaluate the hnsw run against synthetic qrels (1-3 relevant documents per query).

@@ -369,7 +369,7 @@ def test_ddp_on_two_cpu_processes_keeps_the_step_and_the_losses_of_one_process(t
     )
     assert result.returncode == 0, result.stderr[-3000:]
     record = read_json(Path(config["output_dir"]) / "colbench_train.json")
-    assert record["world_size"] == 2 and record["batch_split"] == {"micro_batch": 2, "accumulation": 1}
+    assert record["world_size"] == 2 and record["batch_split"] == {"micro_batch": 2, "accumulation": 1, "document_chunk": None}
     digests = record["replica_parameter_sha256"]  # each rank hashed its own parameters
     assert len(digests) == 2 and digests[0] == digests[1] == record["parameter_sha256"]
     assert parameter_sha256(MultiVectorEncoder(config["output_dir"])) == record["parameter_sha256"]
@@ -472,9 +472,11 @@ def test_an_existing_checkpoint_is_recorded_not_trained(tmp_path):
 
 
 # ------------------------------------------------------------------ the study's software, step by step
-def test_three_training_steps_follow_the_study_softwares_trajectory(tmp_path, kd_folder, study_settings):
+@pytest.mark.parametrize("speed_levers", [False, True], ids=["as_the_study", "one_forward_documents_in_chunks"])
+def test_three_training_steps_follow_the_study_softwares_trajectory(tmp_path, kd_folder, study_settings, speed_levers):
     # PyLate 1.1.4 / sentence-transformers 3.3.0 trained pylate-colbert/ for 3 steps (trajectory.json); the train
-    # stage's entry point (run_training, as notebooks/02_train.ipynb calls it) from the same checkpoint matches.
+    # stage's entry point (run_training, as notebooks/02_train.ipynb calls it) from the same checkpoint matches,
+    # also with #12's levers: the step's queries in one forward pass, their documents embedded in chunks.
     from sentence_transformers import MultiVectorEncoder
 
     from colbench.train import run_training
@@ -487,6 +489,9 @@ def test_three_training_steps_follow_the_study_softwares_trajectory(tmp_path, kd
         gradient_accumulation_steps=recipe["gradient_accumulation_steps"], max_steps=recipe["max_steps"],
         learning_rate=recipe["learning_rate"], warmup_ratio=recipe["warmup_ratio"])
     settings["loss_kwargs"]["n_ways"] = trajectory["n_ways"]
+    if speed_levers:
+        settings.update(micro_batch=recipe["per_device_train_batch_size"] * recipe["gradient_accumulation_steps"],
+                        document_chunk=4)
     summary = run_training(
         kd_dir=kd_folder(trajectory["queries"], trajectory["documents"], trajectory["train"]),
         output_dir=tmp_path / "model", checkpoints_dir=tmp_path / "ckpt", log_path=tmp_path / "log.json",

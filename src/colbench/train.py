@@ -278,6 +278,8 @@ class LongestCandidatesFirst:
         return self.collate([self.ordered(row) for row in rows])
 
     def __getattr__(self, name: str) -> Any:  # what the trainer reads of its collator (valid_label_columns)
+        if "collate" not in self.__dict__:  # while unpickling (data-loader workers that spawn)
+            raise AttributeError(name)
         return getattr(self.__dict__["collate"], name)
 
 
