@@ -24,7 +24,8 @@ class HeldOutRetrievalEvaluator(BaseEvaluator):
     """NDCG@10, Recall@100, MAP@100 and MRR@10 of exact MaxSim retrieval on a prepared BEIR folder."""
 
     def __init__(self, dataset_dir: str | Path, *, name: str, split: str = "test", ignore_identical_ids: bool,
-                 baseline_run: str | Path | None = None, batch_size: int = 32, k: int = 100) -> None:
+                 baseline_run: str | Path | None = None, batch_size: int = 32, k: int = 100,
+                 device: str = "cpu") -> None:
         super().__init__()
         corpus, queries, qrels_rows, _ = load_beir_folder(dataset_dir, split)
         self.doc_ids, self.doc_texts = encode.document_texts(corpus)
@@ -35,7 +36,7 @@ class HeldOutRetrievalEvaluator(BaseEvaluator):
             self.qrels.setdefault(str(qid), {})[str(did)] = int(score)
         self.name, self.ignore_identical_ids = name, ignore_identical_ids
         self.baseline_run = Path(baseline_run) if baseline_run else None
-        self.batch_size, self.k = batch_size, k
+        self.batch_size, self.k, self.device = batch_size, k, device
         self.primary_metric = "ndcg@10"
 
     def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
@@ -47,7 +48,7 @@ class HeldOutRetrievalEvaluator(BaseEvaluator):
                                        batch_size=self.batch_size, dtype="float32", show_progress=False)
                 stores[part] = open_store(Path(tmp) / part)
             run = retrieve.search(stores["queries"], stores["docs"], k=self.k, mode="exact", dtype="float32",
-                                  device="auto")
+                                  device=self.device)
         if steps == 0 and self.baseline_run is not None:  # the untrained model (a resumed run starts later)
             runs.write_trec(run, self.baseline_run, tag="untrained")
         metrics, _ = evaluate.evaluate_run(run, self.qrels, ignore_identical_ids=self.ignore_identical_ids)
@@ -75,17 +76,19 @@ def evaluator_settings(params) -> dict[str, Any]:
     return {"dataset": held_out, "datasets_dir": str(params.path("datasets")),
             "baseline_runs": str(params.path("reports") / "train" / "baseline_runs"),
             "split": prepared.split if prepared else "test",
-            "ignore_identical_ids": params.evaluate.ignore_identical_ids.get(held_out, True)}
+            "ignore_identical_ids": params.evaluate.ignore_identical_ids.get(held_out, True),
+            "device": params.retrieve.device}
 
 
 def make_evaluator(dataset: str | None, *, datasets_dir: str | Path | None = None, split: str = "test",
                    ignore_identical_ids: bool = True, baseline_runs: str | Path | None = None, batch_size: int = 32,
-                   nanobeir_source: str = hub.NANOBEIR, nanobeir_subsets: list[str] | None = None):
+                   nanobeir_source: str = hub.NANOBEIR, nanobeir_subsets: list[str] | None = None,
+                   device: str = "cpu"):
     """The evaluator ``train.eval.dataset`` names: None, NanoBEIR or a prepared dataset.
 
     NanoBEIR comes from ``nanobeir_source`` (the hub id, or a local copy in its layout), all subsets unless
     ``nanobeir_subsets`` names some. For a prepared dataset the untrained model's run is saved as
-    ``<baseline_runs>/<dataset>.trec``.
+    ``<baseline_runs>/<dataset>.trec``; its MaxSim search runs on ``device`` (``retrieve.device``).
     """
     if dataset is None:
         return None
@@ -97,4 +100,4 @@ def make_evaluator(dataset: str | None, *, datasets_dir: str | Path | None = Non
     baseline = Path(baseline_runs) / f"{dataset}.trec" if baseline_runs else None
     return HeldOutRetrievalEvaluator(Path(datasets_dir) / dataset, name=dataset, split=split,
                                      ignore_identical_ids=ignore_identical_ids, baseline_run=baseline,
-                                     batch_size=batch_size)
+                                     batch_size=batch_size, device=device)
