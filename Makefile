@@ -1,7 +1,8 @@
 # make demo: install, then run the whole pipeline on the embedded default (offline, CPU, minutes).
 # make test: install, then run the test suite (it runs the README's commands as a user would).
 # make study: the full study (GPU and internet; offline it says what is missing and computes nothing).
-# GPU machines: install the CUDA build of torch you need first, then `make install TORCH_SPEC=`.
+# GPU machines: install the CUDA build of torch you need into .venv first, then `make install TORCH_SPEC=`
+# (README, "Run the full study").
 
 PYTHON ?= python3
 VENV ?= .venv

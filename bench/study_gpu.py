@@ -12,10 +12,13 @@ SciFact 5,183 / 300 / 213.6 / 12.4. Word counts are lognormal with those means (
 Stages, what is measured and how it is projected to the study's size (each row of the output says so):
 
 - encode (`colbench.encode.encode_to_store`: the model's encode, batches sorted by length, `encode.batch_size`,
-  `encode.dtype`) with bf16 autocast: ``--fraction`` of each set's documents and all its queries, timed per
-  set; documents projected linearly per set. The mean tokens per document measured here also give each
-  set's token-vector count at full size. One more row encodes FiQA documents without autocast, as
-  params.yaml's `encode.autocast_bf16: false` runs it today (not in the total).
+  `encode.dtype`, `encode.autocast_bf16` as params.yaml sets it): ``--fraction`` of each set's documents and
+  all its queries, timed per set. Each call also pays costs that do not grow with its inputs (the model's
+  fingerprint, a sha256 over its weights; the store's files), which the pipeline pays once per call too: they
+  are measured apart, as the best of two calls on one short document, and the projection per set is that
+  fixed time + (measured - fixed) / items x the set's items. The mean tokens per document measured here also
+  give each set's token-vector count at full size. One more row encodes FiQA documents with the other
+  autocast setting, projected the same way with FiQA's rate for every set: an alternative, not in the total.
 - index (`colbench.index.build_index`, params.yaml's M=64, ef_construction=200, float32, `index.num_threads`
   (-1: all cores)): built on the first FiQA documents up to ``--index-vectors`` token vectors, and on half as
   many. HNSW insertion costs about log n per vector, so the projection is T(N) = T(n) x (N ln N - N) /
@@ -31,12 +34,16 @@ Stages, what is measured and how it is projected to the study's size (each row o
   cheaper). MaxSim's products run where `retrieve.device` says (the study's `auto`: the GPU); one more row
   runs exact search on the CPU cores, with the share of its top 100 the GPU's run found (not in the total).
 - evaluate (`colbench.evaluate.evaluate_protocols`) of the hnsw run against synthetic qrels: per query, linear.
-- train: read from bench/train_gpu.py's JSON (``--train-json``): params.yaml's configuration and the fastest.
+- train: read from bench/train_gpu.py's JSON (``--train-json``): params.yaml's configuration and the fastest of
+  its finished rows (a sweep stopped early writes ``"complete": false``; its finished rows are used and the
+  output says so). A file in another format (an old one) or, with ``--run-id``, of another run is not used:
+  the output says why and projects no training.
 
 Not timed: the prepare stage (downloads), the report stage, the untrained model's baseline runs. Indexing and
 the token search run on the CPU cores (16 on the H200 machine), as in the pipeline.
 
     python bench/study_gpu.py                      # one H200: about 2 minutes, reports/bench/study_gpu.*
+    python bench/study_gpu.py --budget 100         # what bench/gpu.sh passes: the seconds it has left
     python bench/study_gpu.py --smoke              # CPU, tiny model, tiny sizes, into /tmp: checks that it runs
 """
 
@@ -128,13 +135,21 @@ def run(options: argparse.Namespace, work: Path) -> dict:
     rng = random.Random(0)
     stages, sets = [], {}
 
-    def encode(ids, items, out, is_query, bf16=True):
+    def encode(ids, items, out, is_query, bf16=enc.autocast_bf16):
         return encode_to_store(model, ids, items, out, is_query=is_query, batch_size=enc.batch_size, dtype=enc.dtype,
                                autocast_bf16=bf16, show_progress=False)
 
-    # ---- encode: a fraction of every set's documents, all its queries (bf16 autocast). A first, untimed call
-    # pays for CUDA's start (context, cuBLAS, kernel selection), which the pipeline pays once too.
+    # ---- encode: a fraction of every set's documents, all its queries (params.yaml's autocast). A first, untimed
+    # call pays for CUDA's start (context, cuBLAS, kernel selection), which the pipeline pays once too.
     encode([f"w{i}" for i in range(64)], texts(rng, 64, 60, 0.6), work / "warmup", False)
+    # What a call costs whatever its size (the model fingerprint hashes all the weights; the store's files):
+    # a call on one short document, the faster of two. The pipeline pays it once per call, not per item.
+    fixed = min(encode(["f"], ["a short document"], work / f"fixed{i}", False)["seconds"] for i in range(2))
+
+    def project(seconds: float, measured: int, items: int, calls: int = 1) -> float:
+        """Full-size time: the fixed cost of each call + the rest of the measured time, per item, x ``items``."""
+        return calls * fixed + max(0.0, seconds - fixed) / measured * items
+
     for name, (n_docs, n_queries, doc_words, query_words) in DATASETS.items():
         m_docs = max(options.min_docs, round(n_docs * options.fraction))
         m_queries = min(n_queries, options.max_queries or n_queries)
@@ -150,27 +165,33 @@ def run(options: argparse.Namespace, work: Path) -> dict:
     measured = sum(s["measured_documents"] for s in sets.values())
     seconds = sum(s["documents_s"] for s in sets.values())
     autocast = "bf16 autocast" if sets["fiqa"]["autocast_bf16"] else "no autocast"
-    stages.append({"stage": f"encode documents ({autocast})", "measured": f"{measured:,} documents of the four sets",
+    setting = f"params.yaml's encode.autocast_bf16 {str(enc.autocast_bf16).lower()}"
+    how = f"per set: {fixed:.2f} s fixed per call (one-document call: model fingerprint, store files) + per item x items"
+    all_docs = sum(s["documents"] for s in sets.values())
+    stages.append({"stage": f"encode documents ({autocast}: {setting})",
+                   "measured": f"{measured:,} documents of the four sets",
                    "seconds": seconds, "rate": f"{measured / seconds:,.0f} documents/s",
-                   "study_items": f"{sum(s['documents'] for s in sets.values()):,} documents",
-                   "projected_s": sum(s["documents_s"] * s["documents"] / s["measured_documents"] for s in sets.values()),
-                   "method": "linear, per set", "in_total": True})
+                   "study_items": f"{all_docs:,} documents",
+                   "projected_s": sum(project(s["documents_s"], s["measured_documents"], s["documents"]) for s in sets.values()),
+                   "method": how, "in_total": True})
     measured = sum(s["measured_queries"] for s in sets.values())
     seconds = sum(s["queries_s"] for s in sets.values())
     stages.append({"stage": f"encode queries ({autocast})", "measured": f"{measured:,} queries", "seconds": seconds,
                    "rate": f"{measured / seconds:,.0f} queries/s",
                    "study_items": f"{sum(s['queries'] for s in sets.values()):,} queries",
-                   "projected_s": sum(s["queries_s"] * s["queries"] / s["measured_queries"] for s in sets.values()),
-                   "method": "linear, per set", "in_total": True})
-    if options.device == "cuda" and enc.autocast_bf16 is False:
-        m = min(2000, sets["fiqa"]["measured_documents"])
-        fp32 = encode([f"d{i}" for i in range(m)], texts(rng, m, DATASETS["fiqa"][2], 0.6), work / "fiqa-fp32", False, bf16=False)
-        stages.append({"stage": "encode documents, no autocast (params.yaml: encode.autocast_bf16 false)",
-                       "measured": f"{m:,} FiQA documents", "seconds": fp32["seconds"],
-                       "rate": f"{m / fp32['seconds']:,.0f} documents/s",
-                       "study_items": f"{sum(s['documents'] for s in sets.values()):,} documents",
-                       "projected_s": fp32["seconds"] / m * sum(s["documents"] for s in sets.values()),
-                       "method": "linear, FiQA's rate for every set; not in the total", "in_total": False})
+                   "projected_s": sum(project(s["queries_s"], s["measured_queries"], s["queries"]) for s in sets.values()),
+                   "method": how, "in_total": True})
+    # The other autocast setting, as an alternative: the total follows params.yaml.
+    m = min(2000, sets["fiqa"]["measured_documents"])
+    alt = encode([f"d{i}" for i in range(m)], texts(rng, m, DATASETS["fiqa"][2], 0.6), work / "fiqa-alt", False,
+                 bf16=not enc.autocast_bf16)
+    stages.append({"stage": f"encode documents, {'bf16 autocast' if alt['autocast_bf16'] else 'no autocast'} "
+                            f"(alternative to {setting})",
+                   "measured": f"{m:,} FiQA documents", "seconds": alt["seconds"],
+                   "rate": f"{m / alt['seconds']:,.0f} documents/s", "study_items": f"{all_docs:,} documents",
+                   "projected_s": project(alt["seconds"], m, all_docs, calls=len(sets)),
+                   "method": f"{fixed:.2f} s fixed per call x {len(sets)} sets + FiQA's time per document x every "
+                             "set's documents; not in the total", "in_total": False})
 
     # ---- index: the first FiQA documents up to --index-vectors token vectors, and half as many.
     fiqa = open_store(work / "fiqa" / "docs")
@@ -254,6 +275,7 @@ def run(options: argparse.Namespace, work: Path) -> dict:
         "torch_threads": torch.get_num_threads(),
         "model_size": options.model_size,
         "fraction": options.fraction,
+        "encode_fixed_s_per_call": fixed,
         "datasets": sets,
         "index_fit": fit,
         "hnsw": {"token_search_s": t_near, "search_s": t_hnsw, "mean_candidates": candidates, "queries": nq},
@@ -262,17 +284,36 @@ def run(options: argparse.Namespace, work: Path) -> dict:
     }
 
 
-def add_training(result: dict, train_json: Path) -> None:
-    """Training rows from bench/train_gpu.py's JSON, and the totals against the targets."""
-    data = json.loads(train_json.read_text()) if train_json.is_file() else {}
-    rows = data.get("configs") or []
-    if "samples_per_s" in data:  # the one-configuration format written before the sweep existed
-        rows = [{"name": "params.yaml (4 x 4)", "status": "ok", "queries_per_s": data["samples_per_s"],
-                 "steps_timed": data["steps_timed"]}]
-    ok = [r for r in rows if r.get("status") == "ok"]
+def read_training(train_json: Path, run_id: str | None) -> tuple[dict, str | None]:
+    """bench/train_gpu.py's result, or ``({}, why it is not used)``.
+
+    Only the current format is read (a sweep with ``complete`` and ``configs``): an older file, such as a
+    committed single-configuration one, must not pass for a measurement of this run. With ``run_id`` (bench/gpu.sh
+    passes its own) a file of another run is refused too.
+    """
+    if not train_json.is_file():
+        return {}, f"no {train_json} (bench/train_gpu.py did not write one)"
+    try:
+        data = json.loads(train_json.read_text())
+    except ValueError as error:
+        return {}, f"{train_json} is not JSON ({error})"
+    if data.get("bench") != "train_gpu" or "complete" not in data or not isinstance(data.get("configs"), list):
+        return {}, f"{train_json} is not in bench/train_gpu.py's current format (an older result?): not used"
+    if run_id is not None and data.get("run_id") != run_id:
+        return {}, f"{train_json} is from another run (run_id {data.get('run_id')!r}, not {run_id!r}): not used"
+    return data, None
+
+
+def add_training(result: dict, train_json: Path, run_id: str | None = None) -> None:
+    """Training rows from bench/train_gpu.py's JSON (its finished rows, if the sweep was stopped early), and the
+    totals against the targets."""
+    data, refused = read_training(train_json, run_id)
+    ok = [r for r in data.get("configs", []) if r.get("status") == "ok"]
     first = ok[0] if ok and ok[0]["name"].startswith("params.yaml") else None
     best = max(ok, key=lambda r: r["queries_per_s"]) if ok else None
-    result["training"] = {"source": str(train_json), "params_yaml": first and first["queries_per_s"],
+    result["training"] = {"source": str(train_json), "refused": refused, "complete": data.get("complete"),
+                          "run_id": data.get("run_id"), "finished_rows": len(ok),
+                          "params_yaml": first and first["queries_per_s"],
                           "best": best and {"name": best["name"], "queries_per_s": best["queries_per_s"]},
                           "target_queries_per_s": TARGET_QUERIES_PER_S}
     for label, row in (("train, params.yaml (4 x 4)", first), (f"train, fastest ({best['name']})" if best else "", best)):
@@ -318,11 +359,16 @@ def markdown(result: dict) -> str:
             verdict = "met" if total[key] <= total["target"] else "missed"
             lines.append(f"With {label}: **{total[key]:.2f} h** against the {total['target']:.0f}-hour target: {verdict}.")
     train = result["training"]
-    if train["best"]:
+    if train["refused"]:
+        lines.append(f"Training: not projected: {train['refused']}.")
+    elif train["best"]:
         lines.append(f"Training: {train['best']['queries_per_s']:.1f} queries/s at best against the target "
                      f"{train['target_queries_per_s']} ({train['best']['queries_per_s'] / train['target_queries_per_s']:.0%}).")
     else:
-        lines.append(f"Training: no result in {train['source']} (run bench/train_gpu.py first).")
+        lines.append(f"Training: no configuration finished in {train['source']}.")
+    if not train["refused"] and train["complete"] is False:
+        lines.append(f"The training sweep was stopped early: its {train['finished_rows']} finished configuration(s) "
+                     "are used, a faster one may not have run.")
     fit = result["index_fit"]
     lines += ["", f"Index build model check: {fit['half_vectors']:,} vectors took {fit['half_build_s']:.1f} s; from the "
                   f"{fit['vectors']:,}-vector build, log n predicts {fit['half_predicted_s_log']:.1f} s and linear "
@@ -341,7 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-queries", type=int, help="queries encoded per set at most (default: all)")
     parser.add_argument("--index-vectors", type=int, default=150_000, help="FiQA token vectors indexed (and half as many)")
     parser.add_argument("--budget", type=float, default=120.0, help="seconds; the larger index build is skipped "
-                                                                    "when it would not fit")
+                                                                    "when it would not fit (bench/gpu.sh: the time it has left)")
+    parser.add_argument("--run-id", help="use only a train_gpu.json of this run (bench/gpu.sh passes the one it gave "
+                                         "train_gpu.py)")
     parser.add_argument("--reserve", type=float, default=25.0, help="seconds kept for retrieval and evaluation")
     parser.add_argument("--model-size", choices=("base", "tiny"), default="base")
     parser.add_argument("--work", type=Path, help="folder for the model and stores (default: a new temporary one)")
@@ -365,10 +413,10 @@ def main(argv: list[str] | None = None) -> int:
     from colbench.provenance import provenance
 
     work = options.work or Path(tempfile.mkdtemp(prefix="colbench-study-gpu-"))
-    for name in (*DATASETS, "warmup", "fiqa-fp32", "fiqa-half", "fiqa-sub", "index-half", "index"):
+    for name in (*DATASETS, "warmup", "fixed0", "fixed1", "fiqa-alt", "fiqa-half", "fiqa-sub", "index-half", "index"):
         shutil.rmtree(work / name, ignore_errors=True)  # stores and indexes of an earlier run in the same --work
     result = run(options, work)
-    add_training(result, options.train_json or out_dir / "train_gpu.json")
+    add_training(result, options.train_json or out_dir / "train_gpu.json", options.run_id)
     result["provenance"] = provenance(REPO)
     write_json(out_dir / "study_gpu.json", result)
     write_text(out_dir / "study_gpu.md", markdown(result))

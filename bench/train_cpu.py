@@ -6,8 +6,8 @@ pipelines' params files, read with `colbench.config.load_params` and passed on a
 them (``train.model``, ``train.loss``, ``train.args``, ``base.seed``):
 
 - ``demo``: demo/params.yaml as it is (8 candidates per query, batch 4 x accumulation 4, documents cut
-  at 128 tokens, ...). Uses the demo's prepared KD set (demo/data/kd) when it exists, else a synthetic
-  one of the same shape (documents of docstring length).
+  at 64 tokens by ``train.model.document_length``, ...). Uses the demo's prepared KD set (demo/data/kd)
+  when it exists, else a synthetic one of the same shape (documents of docstring length).
 - ``reference``: params.yaml (the study: documents cut at 180 tokens, its loss and trainer settings)
   in the configuration PyLate was measured on (MiniLM base, 16 queries x 8 documents of at most 180
   tokens per optimizer step, fp32, 2 threads: 12.3 s/step = 1.30 queries/s, peak RSS 3.4 GB), with

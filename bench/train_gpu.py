@@ -44,20 +44,38 @@ Measured per configuration, each in a fresh child process (its own compile cache
   or with ``document_chunk`` in chunks of that many rows, each as wide as its longest document);
 - model FLOPs per step = 6 x parameters x real tokens (the usual estimate of a forward and a backward
   pass; parameters without the token-embedding matrix, which is a lookup; attention scores left out) and
-  MFU = model FLOP/s / 989 TFLOP/s, the H200 SXM's dense bf16 peak (NVIDIA's datasheet; 1,979 is with
-  sparsity; a large bf16 product reached about 790 on this machine). ``padded_mfu`` counts padded tokens;
-- peak GPU memory allocated, and the hours one epoch of the study's 808,728 queries would take;
+  MFU = model FLOP/s / the GPU's dense bf16 peak, chosen by the device's name (NVIDIA's datasheets; the
+  figures with sparsity are twice these): H200 SXM 989 TFLOP/s, H200 NVL 835; another device: 989, and
+  the row's ``peak_source`` says it was assumed. A large bf16 product reached about 790 on the H200 SXM
+  measured before. ``padded_mfu`` counts padded tokens;
+- peak GPU memory allocated and reserved (the caching allocator's pool: what the process holds of the
+  GPU), and the hours one epoch of the study's 808,728 queries would take;
+- with torch.compile, the graphs dynamo compiled inside the timed window (``dynamo_graphs_in_window``: a
+  recompile for a new batch shape there slows the window; 0 means the timing is of compiled steps only);
 - the loss logged every 5 steps against the first configuration's: the same data order and initial
   weights, so only the arithmetic's rounding may differ.
 
 ``--sweep`` runs, in this order, within ``--budget`` seconds: params.yaml as it is (4 x 4, sdpa); micro-batch
 16 (one forward of 16 queries x 32 documents); + fused AdamW; + 4 dataloader workers; + document chunks of
-64 (8 forwards of 64 documents, each as wide as its longest); + torch.compile;
-and + flash_attention_2 (without compile) when the flash_attn package imports (sentence-transformers 6.2
-refuses it with the study's `attend_to_expansion_tokens: false`: the row then shows that refusal).
-torch.compile comes last because it is the slowest to start: if it runs out of time it costs no other row.
+64 (8 forwards of 64 documents, each as wide as its longest); + flash_attention_2 (without compile) when the
+flash_attn package imports (sentence-transformers 6.2 refuses it with the study's
+`attend_to_expansion_tokens: false`: the row then shows that refusal, in seconds); + torch.compile (on the
+document-chunk row's levers). torch.compile comes last because it is the slowest to start: it gets all the
+budget the other rows left, and if it runs out of time it costs no other row. So that it has a fair share,
+the rows before it time a window of at most ``--sweep-max-seconds`` (8 s: 10 to 40 steps), the compile row
+and single runs at most ``--max-seconds`` (15 s).
 
-    python bench/train_gpu.py --sweep                       # one H200: about 5 minutes, reports/bench/train_gpu.*
+The result file is written after every configuration, with ``"complete": false`` until the sweep ends, so
+a run stopped early keeps its finished rows. ``--run-id`` is recorded in it (bench/gpu.sh passes one, and
+bench/study_gpu.py uses no training result of another run). A SIGTERM or SIGINT to this process (gpu.sh's
+``timeout``) kills the running configuration's process group (it runs in a session of its own, out of
+reach of signals sent to this one's group) before this process exits: no child is left on the GPU.
+
+The tokenizers' own thread pool is left as the pipeline's train stage leaves it (TOKENIZERS_PARALLELISM
+unset: the Rust tokenizer uses several threads in the training process, and disables them by itself in
+forked data-loader workers); only ``--smoke`` sets it to false (one thread on the small shared CPU).
+
+    python bench/train_gpu.py --sweep                       # one H200: --budget (260) s at most, reports/bench/train_gpu.*
     python bench/train_gpu.py --micro-batch 16 --optim adamw_torch_fused   # one configuration
     python bench/train_gpu.py --smoke [--sweep]             # CPU, tiny model, into /tmp: checks that it runs
 
@@ -83,8 +101,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY_QUERIES = 808_728
-TARGET_QUERIES_PER_S = 112  # the issue's target: the 808,728-query epoch in about 2 hours
-H200_BF16_PEAK = 989e12  # dense bf16 FLOP/s of the H200 SXM (NVIDIA datasheet)
+TARGET_QUERIES_PER_S = 112  # the target: the 808,728-query epoch in about 2 hours
 LOG_EVERY = 5
 SMOKE_OUT = Path(tempfile.gettempdir()) / "colbench-bench-smoke"
 
@@ -203,6 +220,16 @@ def write_modernbert_base(folder: Path, tokenizer_dir: Path, size: str) -> Path:
     return folder
 
 
+def bf16_peak(device_name: str) -> tuple[float, str]:
+    """Dense bf16 FLOP/s of a GPU by its name, and where the figure comes from (NVIDIA's datasheets, without
+    sparsity). An unknown device gets the H200 SXM's, and the source says that it was assumed."""
+    if "H200" in device_name and "NVL" in device_name:
+        return 835e12, "H200 NVL dense bf16, NVIDIA datasheet"
+    if "H200" in device_name:
+        return 989e12, "H200 SXM dense bf16, NVIDIA datasheet"
+    return 989e12, f"H200 SXM dense bf16 ASSUMED: no peak known for {device_name!r}"
+
+
 # ----------------------------------------------------------------------------------- configurations
 LEVERS = ("micro_batch", "attn_implementation", "document_chunk", "optim", "torch_compile", "workers")
 SWEEP_DOCUMENT_CHUNK = 64
@@ -218,9 +245,10 @@ def sweep_configs(workers: int) -> list[tuple[str, dict]]:
     configs.append((f"+ {workers} workers", dict(fast)))
     fast["document_chunk"] = SWEEP_DOCUMENT_CHUNK
     configs.append((f"+ document chunks of {SWEEP_DOCUMENT_CHUNK}", dict(fast)))
-    configs.append(("+ torch.compile", {**fast, "torch_compile": True}))
     if importlib.util.find_spec("flash_attn") is not None:
         configs.append(("+ flash_attention_2 (no compile)", {**fast, "attn_implementation": "flash_attention_2"}))
+    # Last: the slowest to start, it gets whatever budget the rows above left (module docstring).
+    configs.append(("+ torch.compile", {**fast, "torch_compile": True}))
     return configs
 
 
@@ -357,6 +385,7 @@ def run_config(spec: dict) -> dict:
             self.t0 = self.t1 = None
             self.timed = 0
             self.model_info = {}
+            self.graphs = []  # dynamo's compiled-graph count when the window opens and when it closes
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             inner = getattr(model, "_orig_mod", getattr(model, "module", model))
@@ -375,15 +404,25 @@ def run_config(spec: dict) -> dict:
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step == warmup:
                 self.t0 = self.sync()
+                self.graphs.append(dynamo_graphs())
             elif self.t0 is not None and (state.global_step - warmup >= steps or time.perf_counter() - self.t0 > max_seconds):
                 self.t1 = self.sync()
+                self.graphs.append(dynamo_graphs())
                 self.timed = state.global_step - warmup
                 control.should_training_stop = True
             return control
 
-    clock = Clock()
+    def dynamo_graphs() -> int | None:
+        """Graphs dynamo has compiled so far in this process (a counter it keeps; None without torch.compile)."""
+        if not setup["args"].get("torch_compile"):
+            return None
+        from torch._dynamo.utils import counters
+
+        return int(counters["stats"]["unique_graphs"])
+
     work = Path(spec["work"])
     setup = spec["settings"]
+    clock = Clock()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
@@ -405,9 +444,14 @@ def run_config(spec: dict) -> dict:
     queries_per_step = setup["args"]["per_device_train_batch_size"] * setup["args"]["gradient_accumulation_steps"]
     tokens = counter.per_step(steps_run)
     n = clock.model_info["parameters_without_embeddings"]
-    peak = spec["peak_flops"]
+    device_name = torch.cuda.get_device_name() if cuda else "cpu"
+    peak, peak_source = bf16_peak(device_name)
+    graphs = clock.graphs if None not in clock.graphs else None
     return {
         "status": "ok",
+        "device_name": device_name,
+        "peak_tflops": peak / 1e12,
+        "peak_source": peak_source,
         **clock.model_info,
         "precision": record["resolved_precision"],
         "batch_split": record["batch_split"],
@@ -422,12 +466,29 @@ def run_config(spec: dict) -> dict:
         "mfu": 6 * n * tokens["real_tokens"] / seconds / peak if cuda else None,
         "padded_mfu": 6 * n * tokens["padded_tokens"] / seconds / peak if cuda else None,
         "gpu_memory_peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+        "gpu_memory_reserved_peak_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else None,
+        "dynamo_graphs_in_window": graphs[1] - graphs[0] if graphs else None,
         "losses": {r["step"]: r["loss"] for r in log["records"] if "loss" in r},
         "wall_s": wall,
     }
 
 
 # ---------------------------------------------------------------------------------------- the parent
+RUNNING: list[subprocess.Popen] = []  # the configuration running now, for stop_on_signal
+
+
+def stop_on_signal(signum, frame) -> None:
+    """SIGTERM / SIGINT to the parent (gpu.sh's `timeout`, Ctrl-C): kill the running child's process group, then
+    exit. The child runs in a session of its own (so that a timeout can kill its data-loader workers with it), so
+    a signal sent to the parent's group never reaches it: without this it would stay on the GPU, compiling or
+    training, while the next benchmark runs. The rows finished so far are already in the result file."""
+    for child in RUNNING:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+    print(f"train_gpu: stopped by signal {signum}; the result file holds the configurations finished", flush=True)
+    raise SystemExit(128 + signum)
+
+
 def run_child(spec: dict, root: Path, timeout: float) -> dict:
     """Run one configuration in a fresh process; a timeout kills its whole process group (dataloader workers too)."""
     spec_file, result_file, log_file = (root / f"{spec['slug']}.{x}" for x in ("spec.json", "result.json", "log"))
@@ -438,12 +499,18 @@ def run_child(spec: dict, root: Path, timeout: float) -> dict:
     with open(log_file, "w") as log:
         child = subprocess.Popen([sys.executable, __file__, "--child", str(spec_file), "--child-result", str(result_file)],
                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        RUNNING[:] = [child]
         try:
             code = child.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(child.pid, signal.SIGKILL)
             child.wait()
+            if result_file.is_file():  # measured and written: only its exit (workers, compile threads) was slow
+                return {**json.loads(result_file.read_text()),
+                        "note": f"killed at the time limit ({timeout:.0f} s) after writing its result"}
             return {"status": f"timed out after {timeout:.0f} s (budget)", "log_tail": log_file.read_text()[-2000:]}
+        finally:
+            RUNNING.clear()
     if code or not result_file.is_file():
         return {"status": f"failed (exit {code})", "log_tail": log_file.read_text()[-2000:]}
     return json.loads(result_file.read_text())
@@ -475,7 +542,8 @@ def markdown(result: dict) -> str:
         f"{result['warmup_steps']} warm-up steps left out of the timing.",
         "",
         "| configuration | micro-batch x accum. | attention | s/step | queries/s | hours for 808,728 queries | "
-        "real / padded tokens per step | model TFLOP/step | MFU (real / padded) | peak GiB | loss vs first | status |",
+        "real / padded tokens per step | model TFLOP/step | MFU (real / padded) | peak GiB (allocated / reserved) | "
+        "loss vs first | status |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in result["configs"]:
@@ -485,13 +553,23 @@ def markdown(result: dict) -> str:
         split, tok = row["batch_split"], row["tokens_per_step"]
         mfu = f"{row['mfu']:.1%} / {row['padded_mfu']:.1%}" if row["mfu"] is not None else "(cpu)"
         chunks = f", documents {split['document_chunk']} at a time" if split.get("document_chunk") else ""
+        memory = (f"{row['gpu_memory_peak_gib']:.1f} / {row['gpu_memory_reserved_peak_gib']:.1f}"
+                  if row.get("gpu_memory_reserved_peak_gib") is not None else num(row["gpu_memory_peak_gib"], ".1f"))
+        status = "ok"
+        if row.get("dynamo_graphs_in_window") is not None:
+            status += f"; {row['dynamo_graphs_in_window']} graphs compiled in the timed window"
+        if row.get("note"):
+            status += f"; {row['note']}"
         lines.append(
             f"| {row['name']} | {split['micro_batch']} x {split['accumulation']}{chunks} | {row['attn_implementation']} | "
             f"{row['seconds_per_step']:.3f} | {row['queries_per_s']:.1f} | {row['projected_hours']:.1f} | "
             f"{tok['real_tokens']:,.0f} / {tok['padded_tokens']:,.0f} | {row['model_tflop_per_step']:.1f} | {mfu} | "
-            f"{num(row['gpu_memory_peak_gib'], '.1f')} | {num(row.get('loss_max_rel_diff_vs_first'), '.1e')} | ok |"
+            f"{memory} | {num(row.get('loss_max_rel_diff_vs_first'), '.1e')} | {status} |"
         )
     best = result.get("best")
+    if not result["complete"]:
+        lines += ["", f"**Incomplete**: {len(result['configs'])} of {result['configs_planned']} configurations "
+                      "so far (the sweep was stopped, or is still running)."]
     lines += [
         "",
         f"Target: {TARGET_QUERIES_PER_S} queries/s ({STUDY_QUERIES / TARGET_QUERIES_PER_S / 3600:.1f} h for the epoch). "
@@ -502,9 +580,9 @@ def markdown(result: dict) -> str:
         "(32 per query, [MASK] expansion included: computed and scored) + document tokens with attention mask 1; "
         "padded = what the encoder computes (the 32 document columns run as one batch padded to the widest, or "
         "in chunks of `document_chunk` rows, each as wide as its longest). "
-        "Model FLOPs = 6 x parameters (without the token-embedding matrix) x real tokens; "
-        f"MFU against {result['peak_tflops']:.0f} TFLOP/s ({result['peak_source']}). "
-        "Loss vs first: largest relative difference of the losses logged at step 1 and every "
+        "Model FLOPs = 6 x parameters (without the token-embedding matrix) x real tokens"
+        + (f"; MFU against {result['peak_tflops']:.0f} TFLOP/s ({result['peak_source']}). " if result["peak_tflops"] else ". ")
+        + "Loss vs first: largest relative difference of the losses logged at step 1 and every "
         f"{LOG_EVERY} steps from the first configuration's (same data and initial weights).",
         "",
     ]
@@ -518,12 +596,14 @@ def markdown(result: dict) -> str:
 
 
 def set_environment(*, smoke: bool) -> None:
-    """Offline, quiet tokenisers; a smoke run on one thread (on a small shared CPU, two OpenMP threads waiting on
-    each other made steps 15x slower)."""
+    """Offline; a smoke run on one thread (on a small shared CPU, two OpenMP threads waiting on each other made
+    steps 15x slower) and with the tokenizers' thread pool off. A GPU run leaves TOKENIZERS_PARALLELISM as the
+    pipeline's train stage does (unset): with 0 data-loader workers the training process tokenises with the
+    Rust tokenizer's threads, as the study will; in forked data-loader workers tokenizers turns them off itself."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if smoke:
         os.environ["OMP_NUM_THREADS"] = "1"
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -536,7 +616,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", action="store_true", help="run the list of configurations (module docstring)")
     parser.add_argument("--steps", type=int, default=40, help="timed optimizer steps at most, per configuration")
     parser.add_argument("--warmup-steps", type=int, default=3, help="steps left out of the timing")
-    parser.add_argument("--max-seconds", type=float, default=15.0, help="timed window per configuration at most")
+    parser.add_argument("--max-seconds", type=float, default=15.0, help="timed window per configuration at most "
+                                                                         "(in --sweep: the torch.compile row's)")
+    parser.add_argument("--sweep-max-seconds", type=float, default=8.0,
+                        help="timed window of each --sweep row before torch.compile's, at most: leaves compile its share")
     parser.add_argument("--budget", type=float, default=260.0, help="seconds for all configurations together; "
                                                                     "a configuration still running then is killed")
     parser.add_argument("--micro-batch", type=int, help="train.micro_batch (queries per forward pass)")
@@ -549,14 +632,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, help="folder for the model and data (default: a new temporary one)")
     parser.add_argument("--tokenizer", type=Path, default=REPO / "tests/fixtures/pylate/modernbert/base",
                         help="a local tokenizer folder (offline stand-in for ModernBERT's)")
+    parser.add_argument("--run-id", help="recorded in the result (bench/gpu.sh: study_gpu.py then uses no other run's)")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # internal: run one spec
     parser.add_argument("--child-result", type=Path, help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     set_environment(smoke=options.smoke)
 
     if options.child:
+        from colbench.atomic import write_json
+
         result = run_config(json.loads(options.child.read_text()))
-        options.child_result.write_text(json.dumps(result))
+        write_json(options.child_result, result)  # atomic: the parent may read it after killing this process
         return 0
 
     if options.smoke:
@@ -578,6 +664,8 @@ def main(argv: list[str] | None = None) -> int:
     from colbench.atomic import write_json, write_text
     from colbench.provenance import provenance
 
+    signal.signal(signal.SIGTERM, stop_on_signal)
+    signal.signal(signal.SIGINT, stop_on_signal)
     started = time.monotonic()
     workers = min(4, os.cpu_count() or 1)
     if options.sweep:
@@ -603,7 +691,45 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))
     if not cuda:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # a CPU run: the trainer would take a visible GPU
+    run_provenance = provenance(REPO)
+
+    def save(rows: list[dict], complete: bool) -> dict:
+        """Write the result so far: after every configuration (``complete`` false until the last), so that a run
+        stopped early (gpu.sh's timeout, the machine's end) keeps its finished rows."""
+        compare_losses(rows)
+        ok = [r for r in rows if r["status"] == "ok"]
+        best = max(ok, key=lambda r: r["queries_per_s"]) if ok else None
+        result = {
+            "bench": "train_gpu",
+            "run_id": options.run_id,
+            "complete": complete,
+            "configs_planned": len(configs),
+            # The children name the device and choose the MFU peak by its name (the parent opens no CUDA context).
+            "device": ok[0]["device_name"] if ok else "cpu (smoke: numbers mean nothing)" if not cuda else "cuda (no configuration finished)",
+            "model_size": options.model_size,
+            "architecture": "ModernBERT (random init, offline config)",
+            "params_file": "params.yaml",
+            "n_ways": first["loss_kwargs"]["n_ways"],
+            "queries_per_step": step_queries,
+            "document_length": first["model_kwargs"]["document_length"],
+            "warmup_steps": options.warmup_steps,
+            "peak_tflops": ok[0]["peak_tflops"] if ok and cuda else None,
+            "peak_source": ok[0]["peak_source"] if ok and cuda else None,
+            "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM", "unset"),
+            "target_queries_per_s": TARGET_QUERIES_PER_S,
+            "study_queries": STUDY_QUERIES,
+            "configs": rows,
+            "best": {"name": best["name"], "queries_per_s": best["queries_per_s"],
+                     "projected_hours": best["projected_hours"]} if best else None,
+            "wall_s": time.monotonic() - started,
+            "provenance": run_provenance,
+        }
+        write_json(out_dir / "train_gpu.json", result)
+        write_text(out_dir / "train_gpu.md", markdown(result))
+        return result
+
     rows = []
+    save(rows, complete=False)  # from now on the file in out_dir is this run's
     for i, (name, levers) in enumerate(configs):
         left = options.budget - (time.monotonic() - started)
         if left < 30:  # not enough for a child to even import torch and build the model
@@ -611,9 +737,12 @@ def main(argv: list[str] | None = None) -> int:
             continue
         setup = settings(levers, steps=options.steps, warmup=options.warmup_steps, cuda=cuda, base_model=str(base),
                          smoke=options.smoke)
+        # In a sweep the rows before torch.compile's time a shorter window, so that compile keeps a fair share of
+        # the budget for its start (module docstring); the window is long enough for 10 to 40 steps.
+        short = options.sweep and not levers.get("torch_compile")
         spec = {"slug": f"config{i}", "device": options.device, "settings": setup, "kd_dir": str(kd),
                 "work": str(root / f"config{i}"), "steps": options.steps, "warmup_steps": options.warmup_steps,
-                "max_seconds": options.max_seconds, "peak_flops": H200_BF16_PEAK}
+                "max_seconds": min(options.max_seconds, options.sweep_max_seconds) if short else options.max_seconds}
         print(f"train_gpu: {name} ({left:.0f} s of budget left) ...", flush=True)
         row = {"name": name, "levers": levers, "overrides": setup["overrides"], **run_child(spec, root, left)}
         if row["status"] == "ok":
@@ -623,31 +752,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"  {row['status']}\n{row.get('log_tail', '')[-600:]}", flush=True)
         rows.append(row)
-    compare_losses(rows)
-    ok = [r for r in rows if r["status"] == "ok"]
-    best = max(ok, key=lambda r: r["queries_per_s"]) if ok else None
-    result = {
-        "bench": "train_gpu",
-        "device": torch.cuda.get_device_name(0) if cuda else "cpu (smoke: numbers mean nothing)",
-        "model_size": options.model_size,
-        "architecture": "ModernBERT (random init, offline config)",
-        "params_file": "params.yaml",
-        "n_ways": first["loss_kwargs"]["n_ways"],
-        "queries_per_step": step_queries,
-        "document_length": first["model_kwargs"]["document_length"],
-        "warmup_steps": options.warmup_steps,
-        "peak_tflops": H200_BF16_PEAK / 1e12,
-        "peak_source": "H200 SXM dense bf16, NVIDIA datasheet",
-        "target_queries_per_s": TARGET_QUERIES_PER_S,
-        "study_queries": STUDY_QUERIES,
-        "configs": rows,
-        "best": {"name": best["name"], "queries_per_s": best["queries_per_s"],
-                 "projected_hours": best["projected_hours"]} if best else None,
-        "wall_s": time.monotonic() - started,
-        "provenance": provenance(REPO),
-    }
-    write_json(out_dir / "train_gpu.json", result)
-    write_text(out_dir / "train_gpu.md", markdown(result))
+        save(rows, complete=False)
+    result = save(rows, complete=True)
     if not options.work:
         shutil.rmtree(root, ignore_errors=True)  # the model, the data and every configuration's checkpoint
     print(markdown(result))

@@ -2,7 +2,7 @@
 # Download, into .whl/ (ignored by git), the wheels bench/gpu.sh installs on the GPU machine, which has no
 # registry: the versions of this repository's environment that its image lacks or holds older (the image has
 # torch, pyarrow, tokenizers, huggingface-hub, accelerate, ...). Python 3.12, x86-64; about 16 MB.
-# Then run the device command with carry [".whl"].
+# Then bring .whl/ to the GPU machine with the repository: bench/gpu.sh installs it first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -39,6 +39,10 @@ def test_the_study_and_the_demo_params_load():
         (lambda d: d["train"].update(micro_batch=3), "does not divide the optimizer step of 16 queries"),
         (lambda d: d["train"].update(distributed="ddp", num_processes=3), "does not divide the optimizer step of 16"),
         (lambda d: d["train"].update(attn_implementation="flash_attention_2"), "flash_attention_2 needs train.model.attend_to_expansion_tokens"),
+        (lambda d: d["train"]["args"].update(save_total_limit=1), "train.args.save_total_limit is 1; it must be >= 2"),
+        (lambda d: d["retrieve"].update(k=10), "retrieve.k is 10, but metrics are computed down to rank 100"),
+        (lambda d: d["retrieve"].update(ef_search=16), "retrieve.ef_search has 16, below retrieve.tokens_per_query_token (100)"),
+        (lambda d: d["retrieve"].update(tradeoff_ef_search=[32, 200]), "retrieve.tradeoff_ef_search has 32, below"),
     ],
 )
 def test_a_wrong_key_or_value_is_named(edited_params, edit, message):
@@ -55,6 +59,13 @@ def test_yaml_style_exponent_is_accepted(edited_params):
 def test_outputs_live_below_the_params_files_folder(tmp_path, edited_params):
     params = load_params(edited_params(lambda d: None))
     assert params.path("kd") == tmp_path / "data" / "kd"
+
+
+def test_a_file_that_is_not_a_mapping_is_refused(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("- base\n- train\n")
+    with pytest.raises(InputError, match="must be a mapping of sections"):
+        load_params(path)
 
 
 def test_missing_file_says_where_to_run(tmp_path):

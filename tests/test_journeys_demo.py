@@ -67,12 +67,12 @@ def test_editing_a_module_makes_exactly_the_stages_that_import_it_stale(demo, mo
 def test_make_ablation_adds_the_experiment_to_the_report(demo):
     # README, "Ablations": `make ablation` with another setting than its default pair (a cheap one: retrieval only).
     repo = demo["repo"]
-    run("make ablation ABLATIONS=retrieve.ef_search=16", repo)
+    run("make ablation ABLATIONS=retrieve.ef_search=128", repo)
     index = (repo / "demo" / "reports" / "README.md").read_text()
     ablations = index.split("## Ablations", 1)[1].split("\n## ", 1)[0]
     assert "retrieve.ef_search" in ablations
     experiments = [line for line in ablations.splitlines() if re.match(r"\| [\w-]+ \| experiment \|", line)]
-    assert any(re.search(r"\| 16 \|", line) for line in experiments), ablations
+    assert any(re.search(r"\| 128 \|", line) for line in experiments), ablations
 
 
 def test_make_seeds_and_make_encoders_feed_the_report(demo):

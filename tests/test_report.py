@@ -60,6 +60,16 @@ def test_costs_table_reads_measure_records_in_stage_order(tmp_path):
         report.costs_table(costs)
 
 
+def test_training_gain_compares_the_held_out_evaluation_with_itself():
+    # The gain is the held-out evaluator's end against its step 0 (the same protocol); the evaluate stage's score,
+    # with retrieve.mode and the stored dtype, is shown beside it and never subtracted.
+    train_metrics = {"heldout_dataset": "pydocs", "heldout_start_ndcg@10": 0.50, "heldout_end_ndcg@10": 0.60}
+    row = report.training_gain(train_metrics, {"pydocs": {"ndcg@10": 0.58}}).iloc[0]
+    assert (row["untrained ndcg@10"], row["trained ndcg@10"]) == pytest.approx((50.0, 60.0))
+    assert row["gain"] == pytest.approx(10.0) and row["evaluate stage ndcg@10"] == pytest.approx(58.0)
+    assert report.training_gain({"heldout_dataset": None}, {}).empty
+
+
 def test_per_query_view_picks_largest_gain_and_loss_with_titles():
     a = _flat([0.9, 0.5, 0.4, 0.1])
     b = _flat([0.4, 0.3, 0.4, 0.4])  # deltas: +0.5, +0.2, 0, -0.3

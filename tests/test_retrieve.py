@@ -161,7 +161,7 @@ def test_hnsw_finds_the_exact_top_k_on_clustered_vectors(tmp_path):
             assert approx[q][did] == pytest.approx(exact[q][did], abs=1e-5)
 
 
-@pytest.mark.parametrize("case", ["empty_query", "no_index", "other_store_index", "dim", "model"])
+@pytest.mark.parametrize("case", ["empty_query", "no_index", "other_store_index", "dim", "model", "swapped"])
 def test_bad_input_is_refused(tmp_path, case):
     docs = make_store(tmp_path / "d", ["a", "b"], [[[1, 0], [0, 1]], [[1, 1]]])
     other = make_store(tmp_path / "o", ["a", "c"], [[[1, 0], [0, 1]], [[1, 1]]])
@@ -177,9 +177,11 @@ def test_bad_input_is_refused(tmp_path, case):
         queries = make_store(tmp_path / "q3", ["q"], [[[1, 0, 0]]])
     elif case == "model":
         queries = make_store(tmp_path / "q4", ["q"], [[[1, 0]]], meta={"model": "another"})
+    elif case == "swapped":  # the corpus's store passed as the queries'
+        queries = make_store(tmp_path / "q5", ["a"], [[[1, 0]]], meta={"is_query": False})
     with pytest.raises(InputError, match={"empty_query": "q2", "no_index": "needs an index",
                                           "other_store_index": "another store", "dim": "dimension",
-                                          "model": "different models"}[case]):
+                                          "model": "different models", "swapped": "pass the queries' store first"}[case]):
         search(queries, docs, **kwargs)
 
 

@@ -317,6 +317,7 @@ def _score(value):
         (_line("documents", 0, lambda s: json.dumps({**json.loads(s), "text": ""})), r"documents have an empty text, e.g. document_id '1000'"),
         (lambda n, lines: lines + [lines[0]] if n == "documents" else lines, r"documents has 1 duplicate document_id\(s\), e.g. '1000'"),
         (lambda n, lines: lines[1:] if n == "queries" else lines, r"1 train query id\(s\) are not in queries, e.g. '500'"),
+        (lambda n, lines: [] if n == "train" else lines, r"src: train has no rows"),
     ],
 )
 def test_malformed_kd_folder_is_refused_and_the_previous_output_kept(tmp_path, edit, needle):

@@ -66,6 +66,17 @@ def test_bad_input_is_refused_and_leaves_nothing(tmp_path, ids, lengths, total, 
     assert list(tmp_path.iterdir()) == []  # no temporary folder left behind
 
 
+@pytest.mark.parametrize("value", [np.nan, 1e6], ids=["nan", "overflows_float16"])
+def test_a_non_finite_vector_is_refused_naming_its_item(tmp_path, value):
+    # Such a document would score nothing and vanish from every ranking without a word.
+    vecs, lens = _corpus([2, 3, 1])
+    vecs[3, 5] = value  # the second token of "b"
+    with pytest.raises(InputError, match=r"'b' has non-finite values \(NaN/inf\) in the store's float16"):
+        write_store(tmp_path / "s", ["a", "b", "c"], [(vecs[:2], lens[:1]), (vecs[2:], lens[1:])], total_tokens=6,
+                    dim=8, dtype="float16")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_failed_rewrite_keeps_the_old_store(tmp_path):
     vecs, lens = _corpus([2, 2])
     write_store(tmp_path / "s", ["a", "b"], [(vecs, lens)], total_tokens=4, dim=8)
@@ -108,3 +119,13 @@ def test_expect_refuses_another_model_or_dimension(tmp_path, expect, ok):
     else:
         with pytest.raises(InputError, match="expected"):
             open_store(path, expect=expect)
+
+
+def test_the_same_model_loaded_through_another_path_is_the_same_model(tmp_path):
+    # A fingerprint's name says where the model was loaded from; weights, settings and dimension say what it is.
+    model = {"name": "models/colbert", "embedding_dim": 8, "sha256": "ab12", "config_sha256": "cd34"}
+    vecs, lens = _corpus([2])
+    write_store(tmp_path / "s", ["a"], [(vecs, lens)], total_tokens=2, dim=8, meta={"model": model})
+    assert open_store(tmp_path / "s", expect={"model": {**model, "name": "./models/colbert"}}).dim == 8
+    with pytest.raises(InputError, match="expected"):
+        open_store(tmp_path / "s", expect={"model": {**model, "sha256": "ef56"}})

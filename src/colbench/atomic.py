@@ -3,7 +3,8 @@
 An interrupted stage must never leave a partial output that DVC or the next stage mistakes for a
 complete one. A rename within one filesystem is atomic, so readers see either the old output or the
 new one, never half of it. A prepared data folder carries a ``manifest.json`` with the sha256 of every
-file (`write_manifest`), so that a folder edited or damaged afterwards is refused (`verify_manifest`).
+file (`write_manifest`), which the prepare stage checks again once the folder is in place
+(`verify_manifest`); later edits are DVC's to detect (it hashes every output).
 """
 
 from __future__ import annotations
@@ -21,6 +22,18 @@ from typing import Any
 from colbench.errors import InputError
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkdtemp and mkstemp create owner-only entries (0700 / 0600); an output gets the permissions an ordinary
+# mkdir or open would have given it, so that outputs shared through a DVC cache or a group folder stay readable.
+_UMASK = _current_umask()
+DIR_MODE, FILE_MODE = 0o777 & ~_UMASK, 0o666 & ~_UMASK
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``path`` only if the block completes.
@@ -35,12 +48,20 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    os.chmod(tmp, DIR_MODE)
     old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    _remove(old)  # left by a run killed here with the same process id (containers reuse them)
     if path.exists():
         os.replace(path, old)
     os.replace(tmp, path)
-    if old.exists():
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 @contextlib.contextmanager
@@ -55,6 +76,7 @@ def atomic_file(path: str | Path, mode: str = "w", **open_kwargs: Any) -> Iterat
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

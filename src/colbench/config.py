@@ -20,6 +20,9 @@ import yaml
 
 from colbench.errors import InputError, exit_with
 
+# Cutoffs every evaluation reports whatever evaluate.k_values says (NDCG@10, Recall@100, ...): retrieve.k must reach them.
+ALWAYS_REPORTED_CUTOFFS = (10, 100)
+
 
 def _check(predicate, rule: str) -> dict:
     """Field metadata: ``predicate(value)`` must hold; ``rule`` is shown when it does not."""
@@ -114,7 +117,9 @@ class TrainArgs:
     tf32: bool | str = field(metadata=_check(_auto_or_bool, "true, false or auto"))
     logging_steps: int = field(metadata=_positive())
     save_steps: int = field(metadata=_positive())
-    save_total_limit: int = field(metadata=_positive())
+    # The trainer deletes the oldest checkpoint before the new one is marked complete: with 1 kept, a kill in between
+    # leaves nothing to resume from.
+    save_total_limit: int = field(metadata=_check(lambda v: v >= 2, ">= 2 (a kill while saving must leave one to resume)"))
     # Speed only, the same update (see README, "Run the full study"):
     optim: Literal["adamw_torch", "adamw_torch_fused"] = "adamw_torch"
     torch_compile: bool = False
@@ -229,6 +234,9 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise InputError(f"{path}: not valid YAML: {exc}") from exc
+    if raw is not None and not isinstance(raw, dict):
+        raise InputError(f"{path}: the file must be a mapping of sections (base:, prepare:, train:, ...), got a "
+                         f"{type(raw).__name__}.")
     params = _build(Params, {**(raw or {}), "file": path}, prefix="", source=path)
     _cross_check(params, path)
     return params
@@ -266,6 +274,21 @@ def _cross_check(params: Params, source: Path) -> None:
         raise InputError(f"{source}: train.micro_batch ({params.train.micro_batch}) x train.num_processes ({processes}) "
                          f"does not divide the optimizer step of {step} queries (train.args.per_device_train_batch_size "
                          "x gradient_accumulation_steps): choose values whose product divides it.")
+    r = params.retrieve
+    deepest = max([*params.evaluate.k_values, *ALWAYS_REPORTED_CUTOFFS])
+    if r.k < deepest:
+        raise InputError(f"{source}: retrieve.k is {r.k}, but metrics are computed down to rank {deepest} "
+                         f"(evaluate.k_values and the always reported @{'/@'.join(map(str, ALWAYS_REPORTED_CUTOFFS))}): "
+                         f"set retrieve.k to at least {deepest}.")
+    # Voyager searches each query token with ef = max(ef_search, tokens_per_query_token) (an HNSW search needs
+    # ef >= the neighbours it returns): a smaller value would be reported as a setting it never ran.
+    for key, values in (("ef_search", [r.ef_search]), ("tradeoff_ef_search", r.tradeoff_ef_search)):
+        low = [v for v in values if v < r.tokens_per_query_token]
+        if low:
+            raise InputError(f"{source}: retrieve.{key} has {low[0]}, below retrieve.tokens_per_query_token "
+                             f"({r.tokens_per_query_token}): the index searches with ef = max(ef_search, "
+                             "tokens_per_query_token), so it would run as the latter. Use values of at least "
+                             f"{r.tokens_per_query_token}, or lower retrieve.tokens_per_query_token as well.")
     if params.train.distributed == "none" and params.train.num_processes != 1:
         raise InputError(f"{source}: train.num_processes is {params.train.num_processes} but train.distributed is none: set ddp.")
 

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import pytrec_eval
 
+from colbench.config import ALWAYS_REPORTED_CUTOFFS
 from colbench.errors import InputError
 
 Run = Mapping[str, Mapping[str, float]]
@@ -42,7 +43,6 @@ Qrels = Mapping[str, Mapping[str, int]]
 # trec_eval measure family -> our metric prefix. MRR is handled separately: trec_eval's recip_rank
 # has no cutoff, so it is computed on the run cut at k.
 _FAMILIES = {"ndcg_cut": "ndcg", "recall": "recall", "map_cut": "map", "P": "precision"}
-_ALWAYS_K = (10, 100)
 
 
 def metric_names(k_values: Iterable[int] = (1, 10, 100)) -> list[str]:
@@ -218,7 +218,7 @@ def paired_bootstrap(
 
 
 def _cutoffs(k_values: Iterable[int]) -> list[int]:
-    return sorted({int(k) for k in k_values} | set(_ALWAYS_K))
+    return sorted({int(k) for k in k_values} | set(ALWAYS_REPORTED_CUTOFFS))
 
 
 def _rank(qid: str, hits: Mapping[str, float], ignore_identical_ids: bool) -> list[str]:

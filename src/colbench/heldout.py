@@ -1,10 +1,11 @@
 """Held-out retrieval evaluation during training, with the pipeline's own encode, MaxSim and metrics.
 
 sentence-transformers ships an information-retrieval evaluator for multi-vector models, but its metrics
-are its own implementation and it keeps no run. This one scores exactly as the pipeline does (the same
-encoding, exact MaxSim with masked padding, pytrec_eval metrics), so the untrained model's NDCG@10 at step
-0 is directly comparable with the trained model's NDCG@10 from the evaluate stage, and it saves the run of
-its first call: the untrained baseline that the report's per-query view compares against.
+are its own implementation and it keeps no run. This one scores with the pipeline's code (its encoding,
+exact MaxSim with masked padding, pytrec_eval metrics), in the trainer's precision (on a GPU with the study's
+bf16 and tf32, the model runs under the trainer's bf16 autocast), so its NDCG@10 at step 0 and at the end of
+training compare like with like (`colbench.report.training_gain`). It saves the run of its first call: the
+untrained baseline that the report's per-query view compares against.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ import voyager
 
 from colbench.atomic import atomic_dir, read_json, write_json
 from colbench.errors import InputError
-from colbench.store import EmbeddingStore
+from colbench.store import EmbeddingStore, same_model
 
 FORMAT_VERSION = 1
 SPACES = {"cosine": voyager.Space.Cosine, "inner_product": voyager.Space.InnerProduct,
@@ -104,7 +104,7 @@ def open_index(out_dir: str | Path, store: EmbeddingStore) -> TokenIndex:
     built_for, this = manifest.get("store", {}), store.fingerprint()
     for key, what in (("model", "model"), ("dim", "dimension"), ("n_tokens", "corpus (token count)"),
                       ("ids_sha256", "corpus (document ids)")):
-        if built_for.get(key) != this[key]:
+        if not (same_model(built_for.get(key), this[key]) if key == "model" else built_for.get(key) == this[key]):
             raise InputError(f"index {out_dir}: built for another {what} ({built_for.get(key)!r}, the store at "
                              f"{store.path} has {this[key]!r}); {_RERUN}")
     for name, size in manifest.get("files", {}).items():

@@ -136,8 +136,8 @@ def _local_kd(folder: Path) -> dict[str, pa.Table]:
                 tables[name] = pa.Table.from_pylist([{c: r[c] for c in columns} for r in records])
             except (pa.ArrowException, TypeError) as err:
                 raise InputError(f"{path}: values of one column have mixed types ({err})") from err
-            if not records:
-                tables[name] = pa.table({c: pa.array([], pa.string()) for c in columns})
+            if not records:  # typed as the prepared set's, so that the check says "no rows", not a wrong type
+                tables[name] = KD_SCHEMAS[name].empty_table()
     return tables
 
 

@@ -37,7 +37,7 @@ import torch
 
 from colbench.errors import InputError
 from colbench.index import TokenIndex
-from colbench.store import EmbeddingStore
+from colbench.store import EmbeddingStore, same_model
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 # Tile sizes, measured on a 2-core Sapphire Rapids (AMX bf16, 2 MiB L2 per core) with bench/retrieval.py:
@@ -93,9 +93,12 @@ def _validate(query_store, doc_store, *, mode, index):
         raise InputError(f"query store {query_store.path} has dimension {query_store.dim}, document store "
                          f"{doc_store.path} {doc_store.dim}: encode both with the same model")
     q_model, d_model = query_store.meta.get("model"), doc_store.meta.get("model")
-    if q_model is not None and d_model is not None and q_model != d_model:
+    if q_model is not None and d_model is not None and not same_model(q_model, d_model):
         raise InputError(f"query store {query_store.path} and document store {doc_store.path} were encoded by "
                          f"different models ({q_model!r} vs {d_model!r}): rerun the encode stage")
+    if query_store.meta.get("is_query") is False or doc_store.meta.get("is_query") is True:
+        raise InputError(f"the query store {query_store.path} holds documents or the document store {doc_store.path} "
+                         "queries (their manifests' is_query): pass the queries' store first, the corpus's second")
     empty = [query_store.ids[i] for i in np.flatnonzero(query_store.lengths == 0)[:5]]
     if empty:
         raise InputError(f"query store {query_store.path}: queries {empty} have no token vectors (empty text?)")

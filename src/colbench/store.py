@@ -93,8 +93,8 @@ def write_store(
     The vectors go straight into a memory-mapped ``.npy`` of ``total_tokens`` rows, so a corpus larger than
     memory can be written chunk by chunk. Raises :class:`InputError` (and leaves ``path`` untouched) for an
     empty corpus, duplicate ids, an unknown dtype, a chunk whose width is not ``dim`` or whose lengths do
-    not add up to its rows, or lengths that do not add up to ``total_tokens`` / ids that do not match the
-    number of lengths.
+    not add up to its rows, non-finite values (after the cast to ``dtype``), or lengths that do not add up to
+    ``total_tokens`` / ids that do not match the number of lengths.
     """
     path = Path(path)
     ids = [str(i) for i in ids]
@@ -125,7 +125,15 @@ def write_store(
                                  f"but it has {vecs.shape[0]} vectors")
             if row + vecs.shape[0] > total_tokens:
                 raise InputError(f"store {path}: chunks hold more than total_tokens={total_tokens} vectors")
-            vectors[row : row + vecs.shape[0]] = vecs  # casts to the store dtype
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below, by item
+                vectors[row : row + vecs.shape[0]] = vecs  # casts to the store dtype
+            # A NaN or inf scores no document, which would then silently vanish from every ranking.
+            bad = np.flatnonzero(~np.isfinite(vectors[row : row + vecs.shape[0]]).all(axis=1))
+            if bad.size:
+                item = sum(len(done) for done in all_lengths) + int(np.searchsorted(np.cumsum(lengths), bad[0], "right"))
+                raise InputError(f"store {path}: {ids[item]!r} has non-finite values (NaN/inf) in the store's {dtype}: "
+                                 "the encoder produced them, or they overflow the dtype; check the model and "
+                                 "encode.dtype / encode.autocast_bf16")
             row += vecs.shape[0]
             all_lengths.append(lengths)
         vectors.flush()
@@ -143,6 +151,18 @@ def write_store(
                     "n_tokens": int(total_tokens), "ids_sha256": ids_sha256(ids), "meta": meta}
         # The manifest is written last: a folder with a manifest is complete (the rename makes it visible).
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+
+
+# What identifies a model in its fingerprint (`colbench.model.model_fingerprint`): weights, module settings and
+# dimension. Its "name" only says where it was loaded from: the same model read through another path is the same.
+MODEL_IDENTITY = ("sha256", "config_sha256", "embedding_dim")
+
+
+def same_model(a: Any, b: Any) -> bool:
+    """Whether two model fingerprints name the same model (compared on `MODEL_IDENTITY`)."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return all(a.get(key) == b.get(key) for key in MODEL_IDENTITY)
+    return a == b
 
 
 def open_store(path: str | Path, expect: Mapping[str, Any] | None = None) -> EmbeddingStore:
@@ -184,7 +204,7 @@ def open_store(path: str | Path, expect: Mapping[str, Any] | None = None) -> Emb
                            meta=manifest.get("meta", {}), ids_hash=manifest["ids_sha256"])
     for key, want in (expect or {}).items():
         have = manifest[key] if key in ("dim", "dtype", "n_items", "n_tokens") else store.meta.get(key)
-        if have != want:
+        if not (same_model(have, want) if key == "model" else have == want):
             raise InputError(f"store {path}: {key} is {have!r} but {want!r} was expected (made by another model or "
                              f"settings?); {_RERUN}")
     return store

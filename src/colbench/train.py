@@ -7,7 +7,8 @@ configuration -> 7. save the final model atomically, with `colbench_train.json` 
 
 On-disk contract:
 - ``checkpoints_dir/colbench_checkpoints.json``: ``{"config_hash", "config"}``; checkpoints in the
-  folder belong to that configuration. A different hash clears the folder before training.
+  folder belong to that configuration (settings, data, the training modules' code and the libraries'
+  versions). A different hash clears the folder before training.
 - ``checkpoints_dir/checkpoint-<step>/``: the Hugging Face trainer's checkpoint (model, optimizer,
   scheduler, RNG state, ``trainer_state.json``) plus ``colbench_complete.json``, written once the
   checkpoint is whole; only such checkpoints are resumed from.
@@ -41,7 +42,7 @@ from colbench.atomic import atomic_dir, read_json, write_json
 from colbench.errors import InputError, exit_with
 from colbench.kd import kd_manifest, load_kd_dataset
 from colbench.model import parameter_sha256
-from colbench.provenance import provenance
+from colbench.provenance import package_versions, provenance
 
 CHECKPOINT_CONFIG = "colbench_checkpoints.json"
 CHECKPOINT_COMPLETE = "colbench_complete.json"
@@ -50,6 +51,11 @@ TRAIN_RECORD = "colbench_train.json"
 # run ends with: left out of the config hash so that changing them does not throw checkpoints away.
 CADENCE_KEYS = ("logging_steps", "save_steps", "save_total_limit", "dataloader_num_workers")
 LOG_KEYS = ("epoch", "loss", "learning_rate", "grad_norm")
+# The modules whose code decides the weights a run ends with, and the libraries it trains with. They are part of
+# the checkpoints' configuration: after an edit DVC reruns the train stage, and resuming a checkpoint written by
+# the old code would skip the steps (a finished run would "retrain" in zero steps).
+TRAINING_MODULES = ("colbench.train", "colbench.loss", "colbench.model", "colbench.kd")
+TRAINING_PACKAGES = ("torch", "transformers", "sentence-transformers", "accelerate")
 
 
 # ---------------------------------------------------------------------------------------- arguments
@@ -145,6 +151,13 @@ def config_hash(config: dict[str, Any]) -> str:
     """sha256 of the canonical JSON of ``config`` (sorted keys)."""
     canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def training_code() -> dict[str, str | None]:
+    """sha256 (16 hex characters) of each training module's source, and the training libraries' versions."""
+    code = {name: hashlib.sha256(Path(importlib.import_module(name).__file__).read_bytes()).hexdigest()[:16]
+            for name in TRAINING_MODULES}
+    return {**code, **package_versions(TRAINING_PACKAGES)}
 
 
 def _step(path: Path) -> int:
@@ -374,6 +387,7 @@ def build_trainer(
         "args": {k: v for k, v in args.items() if k not in CADENCE_KEYS},
         "seed": seed,
         "max_samples": max_samples,
+        "code": training_code(),
         "world_size": training_args.world_size,
         "micro_batch": training_args.per_device_train_batch_size,  # resumed data positions depend on the split
         "data": {"manifest": manifest, "n_train": dataset.num_rows},
