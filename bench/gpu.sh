@@ -28,12 +28,9 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-# TOKENIZERS_PARALLELISM stays unset on the GPU, as the pipeline's train stage leaves it: with 0 data-loader
-# workers the training process tokenises with the Rust tokenizer's threads (tokenizers turns them off by itself
-# in forked workers). Only a smoke run on a small shared CPU keeps to one thread. (collate.py sets it to false
-# itself: it measures one core on purpose.)
-case " $BENCH_ARGS " in *" --smoke "*) export TOKENIZERS_PARALLELISM=false ;; esac
+# One tokenizer thread, as `make study` runs the pipeline (the Makefile exports it, and `python -m colbench.train`
+# sets it): with 0 data-loader workers the training process tokenises each step on one core (bench/collate.py).
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 {
   compilers=$(command -v cc gcc | tr '\n' ' ')  # as `which cc gcc`, where `which` itself may be missing
   echo "gpu.sh: run $RUN_ID, results into $OUT_DIR; C compiler (torch.compile's inductor needs one): ${compilers:-NONE}"

@@ -71,9 +71,8 @@ bench/study_gpu.py uses no training result of another run). A SIGTERM or SIGINT 
 ``timeout``) kills the running configuration's process group (it runs in a session of its own, out of
 reach of signals sent to this one's group) before this process exits: no child is left on the GPU.
 
-The tokenizers' own thread pool is left as the pipeline's train stage leaves it (TOKENIZERS_PARALLELISM
-unset: the Rust tokenizer uses several threads in the training process, and disables them by itself in
-forked data-loader workers); only ``--smoke`` sets it to false (one thread on the small shared CPU).
+Tokenisation runs on one thread (TOKENIZERS_PARALLELISM=false unless set otherwise), as `make study` runs the
+pipeline: the Makefile exports it and `python -m colbench.train` sets it.
 
     python bench/train_gpu.py --sweep                       # one H200: --budget (260) s at most, reports/bench/train_gpu.*
     python bench/train_gpu.py --micro-batch 16 --optim adamw_torch_fused   # one configuration
@@ -596,14 +595,13 @@ def markdown(result: dict) -> str:
 
 
 def set_environment(*, smoke: bool) -> None:
-    """Offline; a smoke run on one thread (on a small shared CPU, two OpenMP threads waiting on each other made
-    steps 15x slower) and with the tokenizers' thread pool off. A GPU run leaves TOKENIZERS_PARALLELISM as the
-    pipeline's train stage does (unset): with 0 data-loader workers the training process tokenises with the
-    Rust tokenizer's threads, as the study will; in forked data-loader workers tokenizers turns them off itself."""
+    """Offline, one tokenizer thread as `make study` trains (the Makefile exports TOKENIZERS_PARALLELISM=false);
+    a smoke run on one thread (on a small shared CPU, two OpenMP threads waiting on each other made steps 15x
+    slower)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if smoke:
         os.environ["OMP_NUM_THREADS"] = "1"
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def main(argv: list[str] | None = None) -> int:
