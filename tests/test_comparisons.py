@@ -44,7 +44,7 @@ def test_seed_summary_hand_worked():
 
 
 def test_the_verdict_uses_the_seed_range_and_the_bootstrap_intervals():
-    assert verdict(None, [50, 52], [45, 47], [55, 57]) == "no published value"
+    assert verdict(None, [50, 52], [45, 47], [55, 57]) == "no reference value"
     assert verdict(51.0, [50, 52], [45, 47], [55, 57]) == "inside the seed range"
     assert verdict(54.5, [50, 52], [45, 47], [55, 57]) == (
         "outside the seed range by 2.50 points, inside a seed's bootstrap interval")

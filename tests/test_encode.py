@@ -41,6 +41,22 @@ def test_documents_store_matches_the_models_encoding(tmp_path, model):
     assert not (tmp_path / "docs.shards").exists()
 
 
+def test_a_beir_document_is_encoded_as_its_title_then_its_text(tmp_path, model):
+    # The encode stage's path: a BEIR corpus through document_texts into the store. The title comes first, one space
+    # apart (BEIR's dense models); a missing or blank part adds nothing.
+    from colbench.encode import document_texts
+
+    corpus = [{"_id": "both", "title": "Heart rate", "text": "Exercise raises it."},
+              {"_id": "title", "title": "Only a title", "text": ""},
+              {"_id": "text", "title": "  ", "text": "Only a text."}]
+    ids, texts = document_texts(corpus)
+    assert (ids, texts) == (["both", "title", "text"], ["Heart rate Exercise raises it.", "Only a title", "Only a text."])
+    encode_to_store(model, ids, texts, tmp_path / "docs", is_query=False, dtype="float32", show_progress=False)
+    store = open_store(tmp_path / "docs")
+    np.testing.assert_allclose(store.item(0), model.encode_document(["Heart rate Exercise raises it."],
+                                                                    convert_to_numpy=True)[0], atol=1e-5, rtol=0)
+
+
 def test_queries_store_and_truncation_count(tmp_path, model):
     queries = ["wind tunnel models", " ".join(["long"] * 40)]
     stats = encode_to_store(model, ["q1", "q2"], queries, tmp_path / "q", is_query=True, show_progress=False)

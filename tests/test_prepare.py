@@ -140,15 +140,6 @@ def test_bad_kd_input_is_refused_and_nothing_written(tmp_path, edit, needle):
     assert not (tmp_path / "kd").exists()
 
 
-def test_corrupt_jsonl_line_is_named(tmp_path):
-    folder = local_kd(tmp_path, "jsonl")
-    lines = (folder / "train.jsonl").read_text().splitlines()
-    lines[6] = lines[6][:20]  # a truncated line 7
-    (folder / "train.jsonl").write_text("\n".join(lines) + "\n")
-    with pytest.raises(InputError, match=r"train.jsonl:7: truncated or corrupt JSON"):
-        kd.prepare_kd(str(folder), tmp_path / "kd", **kd_kwargs())
-
-
 def test_offline_without_cache_names_the_dataset_and_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf" / "datasets"))

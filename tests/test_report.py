@@ -30,7 +30,7 @@ def test_study_table_marks_reproduced_only_inside_the_interval():
     assert bool(table.loc["exact", "reproduced"]) is True
     assert bool(table.loc["off", "reproduced"]) is False
     assert table.loc["off", "difference"] == pytest.approx(-10.0)
-    assert table.loc["new", "reproduced"] is pd.NA and math.isnan(table.loc["new", "published"])
+    assert table.loc["new", "reproduced"] is pd.NA and math.isnan(table.loc["new", "reference"])
     # 101 evenly spread values: mean 50, standard error about 2.9, so the 95 % interval is about
     # [44.3, 55.7]: 48 lies inside it, 40 (3.4 standard errors away) does not.
     assert table.loc["spread", "ci_low"] < 50 < table.loc["spread", "ci_high"]
@@ -65,7 +65,7 @@ def test_training_gain_compares_the_held_out_evaluation_with_itself():
     # with retrieve.mode and the stored dtype, is shown beside it and never subtracted.
     train_metrics = {"heldout_dataset": "pydocs", "heldout_start_ndcg@10": 0.50, "heldout_end_ndcg@10": 0.60}
     row = report.training_gain(train_metrics, {"pydocs": {"ndcg@10": 0.58}}).iloc[0]
-    assert (row["untrained ndcg@10"], row["trained ndcg@10"]) == pytest.approx((50.0, 60.0))
+    assert (row["step 0 ndcg@10"], row["end of training ndcg@10"]) == pytest.approx((50.0, 60.0))
     assert row["gain"] == pytest.approx(10.0) and row["evaluate stage ndcg@10"] == pytest.approx(58.0)
     assert report.training_gain({"heldout_dataset": None}, {}).empty
 
@@ -81,8 +81,9 @@ def test_per_query_view_picks_largest_gain_and_loss_with_titles():
     assert view[["change", "query_id", "query"]].values.tolist() == [["gain", "q0", "first query"],
                                                                      ["loss", "q3", "last query"]]
     assert view["delta"].tolist() == pytest.approx([0.5, -0.3])
-    assert view.loc[0, "top3_a"] == "Title one [d1]; Body of two [d2]; [d3]"
-    assert view.loc[1, "top3_b"] == "Title one [d1]"
+    assert view.loc[0, "this run's top 3"] == "Title one [d1]; Body of two [d2]; [d3]"
+    assert view.loc[1, "baseline's top 3"] == "Title one [d1]"
+    assert view["this run"].tolist() == pytest.approx([0.9, 0.1]) and view["baseline"].tolist() == pytest.approx([0.4, 0.4])
 
 
 def test_markdown_and_csv_tables(tmp_path):
@@ -113,7 +114,7 @@ def _log(with_eval):
                                                   "peak_rss_mb": [np.nan]}), p),
         lambda p: figures.plot_study(pd.DataFrame({"dataset": ["a", "b"], "ndcg@10": [40.0, 70.0],
                                                   "ci_low": [38.0, 68.0], "ci_high": [42.0, 72.0],
-                                                  "published": [39.9, np.nan],
+                                                  "reference": [39.9, np.nan],
                                                   "reproduced": pd.array([True, pd.NA], dtype="boolean")}), p),
     ],
     ids=["training", "training-no-eval", "tradeoff", "costs", "study"],

@@ -182,13 +182,6 @@ def test_windows_line_endings_are_read_like_unix_ones(tmp_path):
     assert written == expected and crlf["sha256"] == lf["sha256"]
 
 
-def test_a_query_without_qrels_is_dropped_and_counted(tmp_path):
-    # The fixture's q4 has no judgement in the test split: it cannot be evaluated, so it is not kept.
-    manifest = beir_data.prepare_beir("tiny", str(BEIR), tmp_path / "out")
-    ids = [json.loads(x)["_id"] for x in (tmp_path / "out" / "queries.jsonl").read_text().splitlines()]
-    assert "q4" not in ids and manifest["n_queries_dropped_without_qrels"] == 1
-
-
 def test_an_empty_document_is_kept_and_encoded_as_its_prefix(tmp_path, colbert):
     # FiQA's corpus has five documents with neither title nor text; PyLate encodes them as the prefix and
     # special tokens, and so does encode: refusing them would stop the study and change its numbers.

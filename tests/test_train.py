@@ -266,6 +266,8 @@ def tiny_evaluator():
 def test_train_writes_a_loadable_self_describing_model_and_log(tmp_path, monkeypatch):
     from sentence_transformers import MultiVectorEncoder
 
+    from colbench.train import training_summary
+
     config = tiny_config(tmp_path)
     output = train(**config, evaluator=tiny_evaluator(), eval_steps=2, provenance_extra={"stage": "test"})
 
@@ -286,6 +288,7 @@ def test_train_writes_a_loadable_self_describing_model_and_log(tmp_path, monkeyp
     trained = [r for r in log["records"] if "loss" in r]
     assert all(math.isfinite(r["loss"]) and {"epoch", "learning_rate", "grad_norm"} <= set(r) for r in trained)
     assert record["final_loss"] == trained[-1]["loss"]
+    assert training_summary(output, config["log_path"], None)["queries_this_run"] == 4 * 2 * 2  # steps x batch
     evaluated = [r["step"] for r in log["records"] if "eval_tiny_maxsim_ndcg@10" in r]
     assert evaluated == [0, 2, 4]  # on start, every eval_steps, at the end
     # Checkpoints hold no pickled training arguments and are marked complete.
@@ -298,6 +301,7 @@ def test_train_writes_a_loadable_self_describing_model_and_log(tmp_path, monkeyp
     train(**config)
     again = read_json(output / "colbench_train.json")
     assert (again["resumed_from_step"], again["global_step"]) == (4, 4)
+    assert training_summary(output, config["log_path"], None)["queries_this_run"] == 0  # the stage's cost counts none
     after = weights(output)
     assert all(torch.equal(before[name], after[name]) for name in before)
 
@@ -403,11 +407,17 @@ def test_a_batch_split_keeps_the_optimizer_step():
 
 def test_every_split_of_a_step_gives_the_same_training(tmp_path):
     # One micro-batch of 4, 2 x 2 or 4 x 1: the same queries per step, the same mean loss, the same update.
-    logs, weights_by_split = {}, {}
+    logs, weights_by_split, forwards = {}, {}, {}
     for micro in (1, 2, 4):
         config = {**tiny_config(tmp_path / f"micro{micro}", max_steps=3), "base_model": str(MODERNBERT)}
-        weights_by_split[micro] = weights(train(**config, micro_batch=micro))
+        counter = EncoderTokens()
+        output = train(**config, micro_batch=micro, callbacks=[counter])
+        weights_by_split[micro], forwards[micro] = weights(output), counter.calls
         logs[micro] = [r for r in read_json(config["log_path"])["records"] if "loss" in r]
+        split = read_json(output / "colbench_train.json")["batch_split"]
+        assert (split["micro_batch"], split["accumulation"]) == (micro, 4 // micro)
+    # The split is real: half the queries per forward pass, twice the forward passes.
+    assert forwards[1] == 2 * forwards[2] == 4 * forwards[4] > 0, forwards
     for micro in (1, 4):
         for ours, theirs in zip(logs[micro], logs[2], strict=True):
             assert ours["loss"] == pytest.approx(theirs["loss"], abs=1e-6)
@@ -417,16 +427,18 @@ def test_every_split_of_a_step_gives_the_same_training(tmp_path):
 
 
 class EncoderTokens(TrainerCallback):
-    """Counts the token positions the encoder computes (padding included) while training."""
+    """Counts the token positions the encoder computes (padding included), and its forward passes, while training."""
 
     def __init__(self) -> None:
-        self.tokens = 0
+        self.tokens = self.calls = 0
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         model[0].auto_model.get_input_embeddings().register_forward_pre_hook(self.count)
 
     def count(self, module, inputs):
-        self.tokens += inputs[0].numel()
+        if module.training:  # training steps, not an encode the trainer runs on the side (in eval mode)
+            self.tokens += inputs[0].numel()
+            self.calls += 1
 
 
 def test_document_chunks_train_the_same_with_less_padding(tmp_path, kd_folder):
@@ -472,7 +484,7 @@ def test_an_existing_checkpoint_is_recorded_not_trained(tmp_path):
     assert read_json(tmp_path / "model" / "checkpoint.json")["checkpoint"] == checkpoint
     pointed = load_colbert(str(tmp_path / "model"))
     original = load_colbert(checkpoint)
-    assert pointed.encode_document(["a test"])[0].shape == original.encode_document(["a test"])[0].shape
+    torch.testing.assert_close(pointed.encode_document(["a test"])[0], original.encode_document(["a test"])[0])
     assert read_json(tmp_path / "log.json")["records"] == [] and (tmp_path / "baseline").is_dir()
     assert plot_training([], tmp_path / "training.png", checkpoint=checkpoint).stat().st_size > 1000
 
@@ -521,7 +533,7 @@ def test_three_training_steps_follow_the_study_softwares_trajectory(tmp_path, kd
 
 def test_the_train_stage_reads_the_nanobeir_metric_the_evaluator_logs(tmp_path):
     # The study's held-out evaluation is NanoBEIR (online); a local copy in its layout stands in for the hub.
-    from colbench.heldout import make_evaluator
+    from colbench.heldout import log_key, make_evaluator
     from colbench.train import training_summary
 
     config = tiny_config(tmp_path, max_steps=2)
@@ -529,7 +541,11 @@ def test_the_train_stage_reads_the_nanobeir_metric_the_evaluator_logs(tmp_path):
                                nanobeir_subsets=["scifact"])
     train(**config, evaluator=evaluator, eval_steps=2)
     summary = training_summary(config["output_dir"], config["log_path"], "nanobeir")
-    assert 0 < summary["heldout_start_ndcg@10"] <= 1 and 0 < summary["heldout_end_ndcg@10"] <= 1
+    key = log_key("nanobeir", "ndcg@10")
+    evaluated = [(r["step"], r[key]) for r in read_json(config["log_path"])["records"] if key in r]
+    assert [step for step, _ in evaluated] == [0, 2]  # at the start, then every eval_steps to the end
+    assert (summary["heldout_start_ndcg@10"], summary["heldout_end_ndcg@10"]) == (evaluated[0][1], evaluated[-1][1])
+    assert 0 < summary["heldout_start_ndcg@10"] <= 1
 
 
 def test_a_checkpoint_with_other_settings_is_refused(tmp_path):

@@ -58,15 +58,24 @@ def test_the_canary_reads_the_trainers_log_and_its_resumed_history():
     assert any("2.00x the study curve" in str(w.message) for w in caught)
 
 
-def test_the_train_stage_records_the_canary_in_its_log(tmp_path, study_settings):
-    # Wired through the trainer: the events go into the log and the model's record (none before the curve starts).
+def test_the_train_stage_records_the_canary_in_its_log(tmp_path, study_settings, monkeypatch):
+    # Wired through the trainer: a run far from the reference curve is reported at the first step it is checked,
+    # in the log and in the model's record. The reference is made to start at step 1 (the study's starts at 100).
+    import numpy as np
+
     from colbench.atomic import read_json
     from colbench.train import train
 
+    monkeypatch.setattr("colbench.training_curve.reference_curve", lambda name: (np.array([1, 2]), np.array([50.0, 50.0])))
     fixtures = Path(__file__).parent / "fixtures"
     settings = study_settings(max_steps=2, per_device_train_batch_size=2, gradient_accumulation_steps=1)
     settings["loss_kwargs"]["n_ways"] = 4
-    output = train(kd_dir=fixtures / "kd_tiny", output_dir=tmp_path / "model", checkpoints_dir=tmp_path / "ckpt",
-                   log_path=tmp_path / "log.json", base_model=str(fixtures / "pylate" / "bert" / "base"), seed=0,
-                   canary={"reference": "study", "tolerance": 0.25, "window": 500, "from_step": 500}, **settings)
-    assert read_json(tmp_path / "log.json")["canary"] == [] and read_json(output / "colbench_train.json")["canary"] == []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        output = train(kd_dir=fixtures / "kd_tiny", output_dir=tmp_path / "model", checkpoints_dir=tmp_path / "ckpt",
+                       log_path=tmp_path / "log.json", base_model=str(fixtures / "pylate" / "bert" / "base"), seed=0,
+                       canary={"reference": "study", "tolerance": 0.25, "window": 1, "from_step": 1}, **settings)
+    events = read_json(tmp_path / "log.json")["canary"]
+    assert [(e["step"], e["inside"]) for e in events] == [(1, False)] and events[0]["reference"] == 50.0
+    assert read_json(output / "colbench_train.json")["canary"] == events
+    assert any("the study curve" in str(w.message) for w in caught)

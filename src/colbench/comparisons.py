@@ -71,7 +71,7 @@ def seed_summary(group: pd.DataFrame, per_query: Mapping[str, Mapping[str, Mappi
 
     ``per_query[experiment][dataset]`` is ``{query_id: value}`` of ``metric``. Returns ``(summary, seeds)``:
     ``summary`` has one row per dataset — ``seeds`` (how many), ``mean``, ``std`` (sample standard deviation),
-    ``min``, ``max``, ``published`` and ``verdict``; ``seeds`` one row per experiment and dataset — ``seed``,
+    ``min``, ``max``, ``reference`` (``report.reference_ndcg10``) and ``verdict``; ``seeds`` one row per experiment and dataset — ``seed``,
     the value and its bootstrap interval over queries (``ci_low``, ``ci_high``).
     """
     rows = []
@@ -85,27 +85,27 @@ def seed_summary(group: pd.DataFrame, per_query: Mapping[str, Mapping[str, Mappi
     summary = []
     for dataset, runs in seeds.groupby("dataset", sort=False):
         values = runs[metric].to_numpy(float)
-        published = reference.get(dataset)
+        expected = reference.get(dataset)
         summary.append({"dataset": dataset, "seeds": len(values), "mean": values.mean(),
                         "std": values.std(ddof=1) if len(values) > 1 else math.nan,
                         "min": values.min(), "max": values.max(),
-                        "published": math.nan if published is None else float(published),
-                        "verdict": verdict(published, values, runs["ci_low"].to_numpy(float),
+                        "reference": math.nan if expected is None else float(expected),
+                        "verdict": verdict(expected, values, runs["ci_low"].to_numpy(float),
                                            runs["ci_high"].to_numpy(float))})
-    columns = ["dataset", "seeds", "mean", "std", "min", "max", "published", "verdict"]
+    columns = ["dataset", "seeds", "mean", "std", "min", "max", "reference", "verdict"]
     return pd.DataFrame(summary, columns=columns), seeds
 
 
-def verdict(published: float | None, values: Sequence[float], ci_low: Sequence[float],
+def verdict(expected: float | None, values: Sequence[float], ci_low: Sequence[float],
             ci_high: Sequence[float]) -> str:
-    """Where a published value lies against the seeds' values and their bootstrap intervals (all x100)."""
-    if published is None or (isinstance(published, float) and math.isnan(published)):
-        return "no published value"
+    """Where the reference value lies against the seeds' values and their bootstrap intervals (all x100)."""
+    if expected is None or (isinstance(expected, float) and math.isnan(expected)):
+        return "no reference value"
     low, high = min(values), max(values)
-    if low <= published <= high:
+    if low <= expected <= high:
         return "inside the seed range"
-    gap = low - published if published < low else published - high
-    if min(ci_low) <= published <= max(ci_high):
+    gap = low - expected if expected < low else expected - high
+    if min(ci_low) <= expected <= max(ci_high):
         return f"outside the seed range by {gap:.2f} points, inside a seed's bootstrap interval"
     return f"outside the seed range by {gap:.2f} points and beyond every seed's bootstrap interval"
 
@@ -159,7 +159,7 @@ def comparison_summary(table: pd.DataFrame, key: str, metric: str = "ndcg@10", c
 
 def seed_study(experiments: pd.DataFrame, reference: Mapping[str, float], figure: str | Path, *,
                samples: int, confidence: float, seed: int,
-               reference_label: str = "published") -> tuple[pd.DataFrame, pd.DataFrame]:
+               reference_label: str = "reference") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every seed group among ``experiments`` (a table with all params, see `colbench.comparisons`): the summary
     per group and dataset, each seed's value and interval, and ``figure`` for the largest group (a placeholder
     saying how to make one when there is none)."""

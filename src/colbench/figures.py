@@ -22,17 +22,17 @@ from colbench.errors import InputError  # noqa: E402
 
 
 def plot_study(table: pd.DataFrame, path: str | Path, *, metric: str = "ndcg@10",
-               reference_label: str = "published", confidence: float = 0.95) -> Path:
-    """Bar chart per dataset: this run's ``metric`` (x100) with its CI, next to the published value."""
+               reference_label: str = "reference", confidence: float = 0.95) -> Path:
+    """Bar chart per dataset: this run's ``metric`` (x100) with its CI, next to the reference value."""
     x = np.arange(len(table))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(table) + 2), 4.5))
     ours = table[metric].to_numpy(float)
     err = np.vstack([ours - table["ci_low"].to_numpy(float), table["ci_high"].to_numpy(float) - ours])
     bars = ax.bar(x - 0.2, ours, 0.4, yerr=err, capsize=4, label=f"this run ({confidence:.0%} CI)", color="tab:blue")
-    published = table["published"].to_numpy(float)
-    ref = ax.bar(x + 0.2, np.nan_to_num(published), 0.4, label=reference_label, color="tab:gray")
+    expected = table["reference"].to_numpy(float)
+    ref = ax.bar(x + 0.2, np.nan_to_num(expected), 0.4, label=reference_label, color="tab:gray")
     ax.bar_label(bars, labels=[f"{v:.1f}" for v in ours], padding=2, fontsize=8, label_type="center", color="white")
-    ax.bar_label(ref, labels=["" if math.isnan(v) else f"{v:.1f}" for v in published], padding=2, fontsize=8,
+    ax.bar_label(ref, labels=["" if math.isnan(v) else f"{v:.1f}" for v in expected], padding=2, fontsize=8,
                  label_type="center", color="white")
     labels = []
     for name, ok in zip(table["dataset"], table["reproduced"], strict=True):
@@ -42,7 +42,7 @@ def plot_study(table: pd.DataFrame, path: str | Path, *, metric: str = "ndcg@10"
     ax.set_ylabel(f"{metric.upper()} (x100)")
     ax.set_xlabel("BEIR dataset (test split)")
     ax.set_title(f"{metric.upper()}: this run vs the {reference_label} value")
-    ax.set_ylim(0, max(100.0, np.nanmax(np.concatenate([table["ci_high"].to_numpy(float), published]))) * 1.05
+    ax.set_ylim(0, max(100.0, np.nanmax(np.concatenate([table["ci_high"].to_numpy(float), expected]))) * 1.05
                 if len(table) else 100)
     ax.legend(loc="upper right")
     ax.grid(axis="y", alpha=0.3)
@@ -156,9 +156,9 @@ def _num(value: float) -> str:
 
 
 def plot_seeds(seeds: pd.DataFrame, summary: pd.DataFrame, path: str | Path, *, metric: str = "ndcg@10",
-               reference_label: str = "published", confidence: float = 0.95) -> Path:
+               reference_label: str = "reference", confidence: float = 0.95) -> Path:
     """One panel per dataset: each seed's ``metric`` (x100) with its bootstrap interval, the mean and the
-    mean +- one standard deviation across seeds as a band, and the published value as a line."""
+    mean +- one standard deviation across seeds as a band, and the reference value as a line."""
     datasets = list(summary["dataset"])
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets) + 1, 4), squeeze=False)
     for ax, row in zip(axes[0], summary.itertuples(index=False), strict=True):
@@ -170,8 +170,8 @@ def plot_seeds(seeds: pd.DataFrame, summary: pd.DataFrame, path: str | Path, *, 
         ax.axhspan(row.mean - (row.std if np.isfinite(row.std) else 0), row.mean + (row.std if np.isfinite(row.std) else 0),
                    color="tab:blue", alpha=0.12, label=f"mean {row.mean:.2f} +- {row.std:.2f} (std over seeds)")
         ax.axhline(row.mean, color="tab:blue", lw=1)
-        if np.isfinite(row.published):
-            ax.axhline(row.published, color="tab:gray", ls="--", label=f"{reference_label} {row.published:.2f}")
+        if np.isfinite(row.reference):
+            ax.axhline(row.reference, color="tab:gray", ls="--", label=f"{reference_label} {row.reference:.2f}")
         ax.set_xticks(x, [f"seed {s}" for s in runs["seed"]])
         ax.set_ylabel(f"{metric.upper()} (x100)")
         ax.set_title(f"{row.dataset}: {row.verdict}", fontsize=9)
@@ -204,7 +204,7 @@ def plot_comparison(table: pd.DataFrame, path: str | Path, *, key: str, metric: 
     ax.axvline(0, color="black", lw=1)
     ax.set_yticks(y, labels)
     ax.invert_yaxis()
-    ax.set_xlabel(f"{metric.upper()} difference to the reference (x100, {confidence:.0%} paired bootstrap CI)")
+    ax.set_xlabel(f"{metric.upper()} difference to the baseline run (x100, {confidence:.0%} paired bootstrap CI)")
     ax.set_title(f"Compared by {key} (green: better, red: worse, grey: undecided)", fontsize=10)
     ax.margins(x=0.1)
     ax.grid(axis="x", alpha=0.3)

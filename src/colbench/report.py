@@ -36,13 +36,14 @@ def study_table(
     seed: int = 42,
     metric: str = "ndcg@10",
 ) -> pd.DataFrame:
-    """One row per dataset of ``metrics``: this run's ``metric`` x100 against the published value.
+    """One row per dataset of ``metrics``: this run's ``metric`` x100 against the reference value.
 
     Columns: ``dataset``, ``queries``, ``identical_ids`` (the reported protocol: a hit whose id is the
     query's "kept", as the study's PyLate evaluation did, or "dropped", as BEIR does), ``ndcg@10`` (this
     run, x100), ``ci_low`` / ``ci_high`` (the ``confidence`` percentile-bootstrap interval over this run's
-    queries, x100), ``published`` (x100, NaN where ``reference`` has no value), ``difference`` (run -
-    published) and ``reproduced``: True only where the published value lies inside the interval; <NA> where
+    queries, x100), ``reference`` (``report.reference_ndcg10``: the study's published value, or what the demo
+    recorded; x100, NaN where there is none), ``difference`` (run - reference) and ``reproduced``: True only where
+    the reference lies inside the interval; <NA> where
     there is nothing to compare. With ``other_per_query`` (the evaluate stage's other protocol), the same
     metric and interval under that protocol: ``other_protocol``, ``other_<metric>``, ``other_ci_low``,
     ``other_ci_high``, and ``self_hits``, the hits dropping identical ids removes.
@@ -55,8 +56,8 @@ def study_table(
             raise InputError(f"metrics of dataset {dataset!r} have no {metric!r}")
         ci = paired_bootstrap(per_query[dataset], metric=metric, samples=samples, confidence=confidence, seed=seed)
         value = 100 * float(metrics[dataset][metric])
-        published = reference.get(dataset)
-        published = float("nan") if published is None else float(published)
+        expected = reference.get(dataset)
+        expected = float("nan") if expected is None else float(expected)
         low, high = 100 * ci["low"], 100 * ci["high"]
         row = {
             "dataset": dataset,
@@ -65,9 +66,9 @@ def study_table(
             metric: value,
             "ci_low": low,
             "ci_high": high,
-            "published": published,
-            "difference": value - published,
-            "reproduced": pd.NA if math.isnan(published) else bool(low <= published <= high),
+            "reference": expected,
+            "difference": value - expected,
+            "reproduced": pd.NA if math.isnan(expected) else bool(low <= expected <= high),
         }
         if other_per_query is not None:
             other = paired_bootstrap(other_per_query[dataset], metric=metric, samples=samples, confidence=confidence,
@@ -76,7 +77,7 @@ def study_table(
                         f"other_{metric}": 100 * other["mean"], "other_ci_low": 100 * other["low"],
                         "other_ci_high": 100 * other["high"], "self_hits": metrics[dataset]["self_hits"]})
         rows.append(row)
-    columns = ["dataset", "queries", "identical_ids", metric, "ci_low", "ci_high", "published", "difference",
+    columns = ["dataset", "queries", "identical_ids", metric, "ci_low", "ci_high", "reference", "difference",
                "reproduced"]
     if other_per_query is not None:
         columns += ["other_protocol", f"other_{metric}", "other_ci_low", "other_ci_high", "self_hits"]
@@ -135,9 +136,9 @@ def per_query_view(
 ) -> pd.DataFrame:
     """The ``n`` queries where run a gains most over baseline b, and the ``n`` where it loses most.
 
-    Columns: ``change`` (gain / loss), ``query_id``, ``query``, ``a``, ``b``, ``delta`` (a - b) and
-    ``top3_a`` / ``top3_b``: the three best documents of each run as ``title [id]`` (the text's start
-    where a document has no title). Only queries in both per-query dicts count; queries with delta 0
+    Columns: ``change`` (gain / loss), ``query_id``, ``query``, ``this run`` (a's ``metric``), ``baseline``
+    (b's), ``delta`` (a - b) and ``this run's top 3`` / ``baseline's top 3``: the three best documents of each
+    run as ``title [id]`` (the text's start where a document has no title; the id alone where it is the title). Only queries in both per-query dicts count; queries with delta 0
     are left out. Ties are ordered by query id.
     """
     common = sorted(set(per_query_a) & set(per_query_b))
@@ -152,14 +153,15 @@ def per_query_view(
                     "change": change,
                     "query_id": qid,
                     "query": queries.get(qid, ""),
-                    "a": float(per_query_a[qid][metric]),
-                    "b": float(per_query_b[qid][metric]),
+                    "this run": float(per_query_a[qid][metric]),
+                    "baseline": float(per_query_b[qid][metric]),
                     "delta": delta,
-                    "top3_a": "; ".join(_doc_label(corpus, d) for d in _top(run_a.get(qid, {}), 3)),
-                    "top3_b": "; ".join(_doc_label(corpus, d) for d in _top(run_b.get(qid, {}), 3)),
+                    "this run's top 3": "; ".join(_doc_label(corpus, d) for d in _top(run_a.get(qid, {}), 3)),
+                    "baseline's top 3": "; ".join(_doc_label(corpus, d) for d in _top(run_b.get(qid, {}), 3)),
                 }
             )
-    return pd.DataFrame(rows, columns=["change", "query_id", "query", "a", "b", "delta", "top3_a", "top3_b"])
+    return pd.DataFrame(rows, columns=["change", "query_id", "query", "this run", "baseline", "delta",
+                                       "this run's top 3", "baseline's top 3"])
 
 
 def write_markdown_table(df: pd.DataFrame, path: str | Path, *, floatfmt: str = ".2f") -> Path:
@@ -304,7 +306,7 @@ def _doc_label(corpus: Mapping[str, Any], doc: str) -> str:
     else:
         title = str(entry or "").strip()
     title = title if len(title) <= 60 else title[:57] + "..."
-    return f"{title} [{doc}]" if title else f"[{doc}]"
+    return f"{title} [{doc}]" if title and title != doc else f"[{doc}]"
 
 
 # ------------------------------------------------------------------------------- report notebook
@@ -312,7 +314,7 @@ def _doc_label(corpus: Mapping[str, Any], doc: str) -> str:
 
 def reproduction_summary(table: pd.DataFrame, reference_label: str = "study", metric: str = "ndcg@10",
                          confidence: float = 0.95) -> str:
-    """One Markdown line per dataset: "reproduced" only where the published value lies inside the interval,
+    """One Markdown line per dataset: "reproduced" only where the reference value lies inside the interval,
     then the other identical-id protocol's value and how many hits each protocol removed."""
     lines = []
     for row in table.to_dict("records"):
@@ -320,9 +322,9 @@ def reproduction_summary(table: pd.DataFrame, reference_label: str = "study", me
         if pd.isna(row["reproduced"]):
             verdict = f"no {reference_label} value to compare with"
         elif row["reproduced"]:
-            verdict = f"**reproduced**: the {reference_label} value {row['published']:.2f} lies inside the interval"
+            verdict = f"**reproduced**: the {reference_label} value {row['reference']:.2f} lies inside the interval"
         else:
-            verdict = (f"**not reproduced**: the {reference_label} value {row['published']:.2f} lies outside the "
+            verdict = (f"**not reproduced**: the {reference_label} value {row['reference']:.2f} lies outside the "
                        f"interval ({row['difference']:+.2f} points)")
         line = (f"- {row['dataset']}: {metric} {value:.2f} ({confidence:.0%} CI {low:.2f}-{high:.2f}, {row['queries']} queries, "
                 f"identical ids {row['identical_ids']}); {verdict}.")
@@ -344,7 +346,7 @@ def training_gain(train_metrics: Mapping[str, Any], metrics: Mapping[str, Mappin
     compares like with like; the evaluate stage's score of the trained model (``retrieve.mode``, the stored
     dtype) is shown beside them, not subtracted.
     """
-    columns = ["dataset", f"untrained {metric}", f"trained {metric}", "gain", f"evaluate stage {metric}"]
+    columns = ["dataset", f"step 0 {metric}", f"end of training {metric}", "gain", f"evaluate stage {metric}"]
     heldout = train_metrics.get("heldout_dataset")
     start, end = train_metrics.get(f"heldout_start_{metric}"), train_metrics.get(f"heldout_end_{metric}")
     if not heldout or start is None:
@@ -409,7 +411,7 @@ def write_report(params) -> Path:
         ("Ablations", "DVC experiments (metrics x100); the baseline is this pipeline's committed configuration.",
          ablation_table(table_from_file(reports / "experiments.json"))),
         ("Seed variance", "The same configuration under several training seeds (x100): spread across seeds, and where "
-         "the published value lies.", _read_csv(reports / "seeds.csv")),
+         "the reference value lies.", _read_csv(reports / "seeds.csv")),
         ("Encoders", "The same recipe on other base encoders (x100): difference to the baseline with its paired "
          "bootstrap interval, and per-query wins and losses.", _read_csv(reports / "encoders.csv")),
     ]

@@ -552,6 +552,9 @@ def training_summary(output_dir: str | Path, log_path: str | Path, heldout: str 
         "global_step": record["global_step"],
         "resumed_from_step": record["resumed_from_step"],
         "n_train_queries": record["data"]["n_train"],
+        # What this run of the stage trained: a resumed run did only the steps after its checkpoint, and the
+        # stage's cost record counts those (a rerun after a finished training trains none).
+        "queries_this_run": _queries_trained(record),
         "final_loss": record["final_loss"],
         "heldout_dataset": heldout,
     }
@@ -560,6 +563,12 @@ def training_summary(output_dir: str | Path, log_path: str | Path, heldout: str 
         if evaluated:
             summary[f"heldout_start_{metric}"], summary[f"heldout_end_{metric}"] = evaluated[0], evaluated[-1]
     return summary
+
+
+def _queries_trained(record: dict[str, Any]) -> int:
+    split, resumed = record["batch_split"], record["resumed_from_step"] or 0
+    per_step = split["micro_batch"] * split["accumulation"] * record["world_size"]
+    return max(0, min(record["data"]["n_train"] - resumed * per_step, (record["global_step"] - resumed) * per_step))
 
 
 def use_existing_checkpoint(checkpoint: str, output_dir: str | Path, *, log_path: str | Path,
@@ -578,7 +587,7 @@ def use_existing_checkpoint(checkpoint: str, output_dir: str | Path, *, log_path
                                              "provenance": provenance(Path(__file__).resolve().parent)})
     write_json(log_path, {"records": [], "summary": {"checkpoint": checkpoint}})
     Path(baseline_runs).mkdir(parents=True, exist_ok=True)
-    return {"trained": False, "checkpoint": checkpoint, "global_step": 0, "n_train_queries": 0}
+    return {"trained": False, "checkpoint": checkpoint, "global_step": 0, "n_train_queries": 0, "queries_this_run": 0}
 
 
 def write_train_metrics(summary: dict[str, Any], path: str | Path) -> None:
