@@ -138,8 +138,8 @@ def per_query_view(
 
     Columns: ``change`` (gain / loss), ``query_id``, ``query``, ``this run`` (a's ``metric``), ``baseline``
     (b's), ``delta`` (a - b) and ``this run's top 3`` / ``baseline's top 3``: the three best documents of each
-    run as ``title [id]`` (the text's start where a document has no title; the id alone where it is the title). Only queries in both per-query dicts count; queries with delta 0
-    are left out. Ties are ordered by query id.
+    run as ``title [id]`` (the text's start where a document has no title; the id alone where it is the title).
+    Only queries in both per-query dicts count; queries with delta 0 are left out. Ties are ordered by query id.
     """
     common = sorted(set(per_query_a) & set(per_query_b))
     deltas = [(float(per_query_a[q][metric]) - float(per_query_b[q][metric]), q) for q in common]
