@@ -7,8 +7,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
-# The CPU wheel of this torch release is small; an unpinned torch pulls a multi-GB CUDA build.
+# torch==2.13.0 is the small CPU wheel only where pip finds that wheel (this repository's machine: a local wheel, pip's
+# find-links); from PyPI on Linux it is the multi-GB CUDA build. TORCH_INDEX, when set, is the index torch alone is
+# installed from: `make install TORCH_INDEX=https://download.pytorch.org/whl/cpu` gets the CPU wheel anywhere.
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
 # Stages call papermill and python: the venv's must come first on PATH.
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
@@ -29,7 +32,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(if $(TORCH_SPEC),$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)")
+	$(if $(TORCH_SPEC),$(BIN)/python -m pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) )"$(TORCH_SPEC)")
 	$(BIN)/python -m pip install --quiet -e ".[demo,dev]"
 	touch $@
 

@@ -115,6 +115,8 @@ def test_a_killed_demo_resumes_from_its_checkpoint_and_ends_identical(demo):
     # stage computes with the pipeline's own encode, index, search and scoring. (tests/test_train.py kills a
     # training that started from scratch in the middle of a step and compares the two runs bit for bit.)
     repo, folder = demo["repo"], demo["repo"] / "demo"
+    baseline_runs = {path.name: path.read_bytes() for path in (folder / "reports/train/baseline_runs").glob("*.trec")}
+    assert baseline_runs  # the untrained model's runs: the report's per-query baseline
     for later in (folder / "models/checkpoints").glob("checkpoint-*"):
         if int(later.name.split("-")[1]) > 20:
             shutil.rmtree(later)
@@ -148,3 +150,7 @@ def test_a_killed_demo_resumes_from_its_checkpoint_and_ends_identical(demo):
     assert {k: v for k, v in resumed.items() if k not in run_only} == \
         {k: v for k, v in demo["training"].items() if k not in run_only}
     assert (resumed["queries_this_run"], demo["training"]["queries_this_run"]) == (5 * 16, 400)  # steps 21-25
+    # DVC removed the stage's outputs before each rerun, and the resumed run has no step 0: the baseline runs are
+    # published again from the checkpoints folder, unchanged.
+    assert {path.name: path.read_bytes() for path in (folder / "reports/train/baseline_runs").glob("*.trec")} == \
+        baseline_runs

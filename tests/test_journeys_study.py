@@ -91,8 +91,8 @@ def test_adding_a_dataset_evaluates_it_beside_the_others(study):
 
 def test_an_experiment_of_the_study_shows_in_dvc_exp_show(study):
     # README, "Ablations": an experiment of the study pipeline (here of the checkpoint evaluation above).
-    run("dvc exp run -S train.loss.normalize_scores=false report@study", study)
-    diff = run("dvc exp diff", study).stdout
+    run("dvc exp run --temp -n no-normalize -S train.loss.normalize_scores=false report@study", study)
+    diff = run("dvc exp diff HEAD no-normalize", study).stdout
     assert re.search(r"train\.loss\.normalize_scores\s+True\s+False", diff), diff
     shown = run("dvc exp show --only-changed", study).stdout  # without a pager, cut to the terminal's width
     names = run("dvc exp list --name-only", study).stdout.split()

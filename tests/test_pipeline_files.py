@@ -1,7 +1,6 @@
 """The pipeline's files agree with each other: dvc.yaml's stages, their notebooks and exact code dependencies,
 the notebooks' parameters, and notebooks committed without outputs."""
 
-import ast
 import json
 import re
 from pathlib import Path
@@ -10,47 +9,23 @@ import papermill
 import pytest
 import yaml
 
+from colbench.provenance import code_files, colbench_imports, import_closure
+
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = ROOT / "src" / "colbench"
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 STAGES = {name: spec["do"] for name, spec in DVC["stages"].items()}
-# Files a module reads at run time (not imported), which its stage depends on as much as on the code.
-DATA_FILES = {"training_curve": ["reference/study_training_loss.csv"]}
 
 
 def code(notebook: Path) -> str:
     return "\n".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code")
 
 
-def colbench_imports(source: str) -> set[str]:
-    """The colbench modules ``source`` imports, at module level or inside functions (``colbench.x`` -> ``x``)."""
-    found = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "colbench":
-            found |= {a.name for a in node.names} if node.module == "colbench" else {node.module.split(".", 1)[1]}
-        elif isinstance(node, ast.Import):
-            found |= {a.name.split(".", 1)[1] for a in node.names if a.name.startswith("colbench.")}
-    return found
-
-
-def import_closure(modules: set[str]) -> set[str]:
-    seen: set[str] = set()
-    todo = list(modules)
-    while todo:
-        module = todo.pop()
-        if module not in seen:
-            seen.add(module)
-            todo += colbench_imports((PACKAGE / f"{module}.py").read_text())
-    return seen
-
-
 def expected_code_deps(stage: str) -> set[str]:
     notebook = next(nb for nb in NOTEBOOKS if nb.stem.endswith(stage))
     roots = colbench_imports(code(notebook))
     roots |= {m for m in re.findall(r"python -m colbench\.(\w+)", STAGES[stage]["cmd"])}  # e.g. the report's index
-    modules = import_closure(roots)
-    return {f"src/colbench/{m}.py" for m in modules} | {f"src/colbench/{f}" for m in modules for f in DATA_FILES.get(m, [])}
+    return {f"src/colbench/{name}" for name in code_files(roots)}
 
 
 def test_the_study_and_the_demo_run_the_same_stages():

@@ -6,7 +6,7 @@ import pytest
 
 from colbench.config import load_params
 from colbench.errors import InputError
-from colbench.preflight import check_resources, remote_resources
+from colbench.preflight import Resource, check_resources, describe_resources, remote_resources
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,6 +26,15 @@ def test_offline_study_run_names_each_missing_resource(monkeypatch, tmp_path):
 
 def test_the_demo_needs_no_network():
     assert remote_resources(load_params(ROOT / "demo" / "params.yaml")) == []
+
+
+def test_the_prepare_notebook_says_what_the_check_found():
+    assert describe_resources([]) == ("Resource check passed: these params name no remote resource "
+                                      "(every source is local or bundled).")
+    found = describe_resources([Resource("train.base_model", "model", "answerdotai/ModernBERT-base"),
+                                Resource("prepare.datasets.fiqa.source", "beir", "fiqa")])
+    assert found == ("Resource check passed: 2 remote resource(s), each reachable or cached: "
+                     "train.base_model = answerdotai/ModernBERT-base; prepare.datasets.fiqa.source = fiqa.")
 
 
 def test_a_cached_beir_dataset_is_not_reported(monkeypatch, tmp_path):

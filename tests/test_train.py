@@ -298,18 +298,53 @@ def test_train_writes_a_loadable_self_describing_model_and_log(tmp_path, monkeyp
 
     # Running the stage again with the same settings resumes at the end: no step is redone.
     before = weights(output)
-    train(**config)
+    train(**config, evaluator=tiny_evaluator(), eval_steps=2)
     again = read_json(output / "colbench_train.json")
     assert (again["resumed_from_step"], again["global_step"]) == (4, 4)
     assert training_summary(output, config["log_path"], None)["queries_this_run"] == 0  # the stage's cost counts none
     after = weights(output)
     assert all(torch.equal(before[name], after[name]) for name in before)
+    assert read_json(config["log_path"])["records"] == log["records"]
 
     # After an edit of the training code (DVC reruns the stage), the old checkpoints are not resumed: it trains anew.
     monkeypatch.setattr("colbench.train.training_code", lambda: {"colbench.loss": "edited"})
-    train(**config)
+    train(**config, evaluator=tiny_evaluator(), eval_steps=2)
     anew = read_json(output / "colbench_train.json")
     assert (anew["resumed_from_step"], anew["global_step"]) == (None, 4)
+
+    # So after an edit of what the stage writes besides the weights (the log's cadence, the held-out evaluation's
+    # steps): resumed, the finished run would keep the old log.
+    train(**{**config, "args": {**config["args"], "logging_steps": 2}}, evaluator=tiny_evaluator(), eval_steps=4)
+    relogged = read_json(output / "colbench_train.json")
+    assert (relogged["resumed_from_step"], relogged["global_step"]) == (None, 4)
+    assert [r["step"] for r in read_json(config["log_path"])["records"]] == [0, 2, 4]
+
+
+def test_a_resumed_run_publishes_the_untrained_models_run_again(tmp_path):
+    # DVC removes the train stage's outputs before it reruns the stage, and a resumed run has no step 0 to evaluate:
+    # the untrained model's run (the report's per-query baseline) is kept with the checkpoints and published again.
+    from colbench.heldout import make_evaluator
+
+    shutil.copytree(FIXTURES / "beir_tiny", tmp_path / "datasets" / "tiny")
+    published = tmp_path / "baseline_runs"
+
+    def evaluator(ignore_identical_ids=True):
+        return make_evaluator("tiny", datasets_dir=tmp_path / "datasets", baseline_runs=published,
+                              ignore_identical_ids=ignore_identical_ids)
+
+    config = tiny_config(tmp_path)
+    train(**config, evaluator=evaluator(), eval_steps=2)
+    baseline = (published / "tiny.trec").read_text()
+    assert len(baseline.splitlines()) > 1 and baseline.split()[-1] == "untrained"
+    shutil.rmtree(published)  # what DVC does before a rerun
+    shutil.rmtree(Path(config["checkpoints_dir"]) / "checkpoint-4")  # killed after step 2's checkpoint
+    train(**config, evaluator=evaluator(), eval_steps=2)
+    assert read_json(Path(config["output_dir"]) / "colbench_train.json")["resumed_from_step"] == 2
+    assert (published / "tiny.trec").read_text() == baseline
+
+    # The held-out evaluation's protocol decides its numbers: with another, the checkpoints are not resumed.
+    train(**config, evaluator=evaluator(ignore_identical_ids=False), eval_steps=2)
+    assert read_json(Path(config["output_dir"]) / "colbench_train.json")["resumed_from_step"] is None
 
 
 RUNNER = """
@@ -490,12 +525,14 @@ def test_an_existing_checkpoint_is_recorded_not_trained(tmp_path):
 
 
 # ------------------------------------------------------------------ the study's software, step by step
-@pytest.mark.parametrize("speed_levers", [False, True], ids=["as_the_study", "one_forward_chunks_and_workers"])
+@pytest.mark.parametrize("speed_levers", [False, True, "compiled"],
+                         ids=["as_the_study", "one_forward_chunks_and_workers", "compiled_fused_adamw"])
 def test_three_training_steps_follow_the_study_softwares_trajectory(tmp_path, kd_folder, study_settings, speed_levers):
     # PyLate 1.1.4 / sentence-transformers 3.3.0 trained pylate-colbert/ for 3 steps (trajectory.json); the train
     # stage's entry point (run_training, as notebooks/02_train.ipynb calls it) from the same checkpoint matches,
     # also with #12's levers: the step's queries in one forward pass, their documents embedded in chunks, the
-    # batches tokenised by two data-loader worker processes.
+    # batches tokenised by two data-loader worker processes; and the model compiled (torch.compile), the optimizer
+    # fused AdamW.
     from sentence_transformers import MultiVectorEncoder
 
     from colbench.train import run_training
@@ -512,11 +549,17 @@ def test_three_training_steps_follow_the_study_softwares_trajectory(tmp_path, kd
         settings.update(micro_batch=recipe["per_device_train_batch_size"] * recipe["gradient_accumulation_steps"],
                         document_chunk=4)
         settings["args"]["dataloader_num_workers"] = 2
+    if speed_levers == "compiled":
+        settings["args"].update(torch_compile=True, optim="adamw_torch_fused", dataloader_num_workers=0)
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
     summary = run_training(
         kd_dir=kd_folder(trajectory["queries"], trajectory["documents"], trajectory["train"]),
         output_dir=tmp_path / "model", checkpoints_dir=tmp_path / "ckpt", log_path=tmp_path / "log.json",
         base_model="unused", init_checkpoint=str(folder / "pylate-colbert"), seed=recipe["seed"], **settings)
     assert summary["global_step"] == 3
+    if speed_levers == "compiled":  # the steps ran compiled graphs
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
 
     logged = [r for r in read_json(tmp_path / "log.json")["records"] if "loss" in r]
     for ours, theirs in zip(logged, trajectory["steps"], strict=True):

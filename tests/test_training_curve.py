@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from colbench.training_curve import CanaryWarning, LossCanary, reference_curve
+from colbench.training_curve import CanaryWarning, LossCanary, log_table, reference_curve
 
 
 def feed(canary: LossCanary, steps, losses) -> list[str]:
@@ -79,3 +79,24 @@ def test_the_train_stage_records_the_canary_in_its_log(tmp_path, study_settings,
     assert [(e["step"], e["inside"]) for e in events] == [(1, False)] and events[0]["reference"] == 50.0
     assert read_json(output / "colbench_train.json")["canary"] == events
     assert any("the study curve" in str(w.message) for w in caught)
+
+
+def test_the_log_table_shows_training_and_held_out_scores_per_step():
+    log = [  # the shape of the trainer's log history (the demo's reports/train/log.json)
+        {"step": 0, "eval_pydocs_ndcg@10": 0.52, "eval_pydocs_recall@100": 0.88, "eval_runtime": 25.7,
+         "eval_samples_per_second": 0.0, "eval_steps_per_second": 0.0, "epoch": 0},
+        {"step": 2, "loss": 0.019, "grad_norm": 0.71, "learning_rate": 1e-4, "epoch": 0.08},
+        {"step": 4, "loss": 0.021, "grad_norm": 0.32, "learning_rate": 1.9e-4, "epoch": 0.16},
+        {"step": 4, "eval_pydocs_ndcg@10": 0.61, "eval_pydocs_recall@100": 0.95, "eval_runtime": 23.5, "epoch": 0.16},
+        {"train_runtime": 250.0},  # the trainer's closing summary has no step
+    ]
+    table = log_table(log)
+    assert table.index.name == "step" and table.index.tolist() == [0, 2, 4]
+    assert table.columns.tolist() == ["loss", "learning_rate", "grad_norm", "eval_pydocs_ndcg@10",
+                                      "eval_pydocs_recall@100"]  # no runtime, throughput or epoch
+    assert table.loc[4].tolist() == [0.021, 1.9e-4, 0.32, 0.61, 0.95]  # one row for a step logged twice
+    assert table.loc[0, ["loss", "eval_pydocs_ndcg@10"]].isna().tolist() == [True, False]
+    # Chosen held-out keys, in their order; one that no step logged is left out.
+    chosen = log_table(log, eval_keys=["eval_pydocs_recall@100", "eval_pydocs_map@100"])
+    assert chosen.columns.tolist() == ["loss", "learning_rate", "grad_norm", "eval_pydocs_recall@100"]
+    assert log_table(log, eval_keys=[]).columns.tolist() == ["loss", "learning_rate", "grad_norm"]

@@ -10,6 +10,8 @@ untrained baseline that the report's per-query view compares against.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,14 @@ class HeldOutRetrievalEvaluator(BaseEvaluator):
         self.baseline_run = Path(baseline_run) if baseline_run else None
         self.batch_size, self.k, self.device = batch_size, k, device
         self.primary_metric = "ndcg@10"
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What decides this evaluator's numbers and run: its settings and a digest of its texts and judgements."""
+        data = json.dumps([self.doc_ids, self.doc_texts, self.query_ids, self.query_texts, self.qrels],
+                          sort_keys=True, ensure_ascii=False)
+        return {"name": self.name, "ignore_identical_ids": self.ignore_identical_ids, "k": self.k,
+                "batch_size": self.batch_size, "device": self.device,
+                "data_sha256": hashlib.sha256(data.encode("utf-8")).hexdigest()}
 
     def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
         with tempfile.TemporaryDirectory(prefix="colbench-heldout-") as tmp:

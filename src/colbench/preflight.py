@@ -100,6 +100,15 @@ def check_resources(params: Params, timeout: float = 5.0) -> list[Resource]:
     return resources
 
 
+def describe_resources(resources: list[Resource]) -> str:
+    """One sentence on what :func:`check_resources` returned (it raises when something is missing), for the
+    prepare notebook."""
+    if not resources:
+        return "Resource check passed: these params name no remote resource (every source is local or bundled)."
+    listed = "; ".join(f"{r.param} = {r.name}" for r in resources)
+    return f"Resource check passed: {len(resources)} remote resource(s), each reachable or cached: {listed}."
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m colbench.preflight [params.yaml]``: say whether every remote resource is at hand (exit 0) or
     list what is missing and how to provide it (exit 2), before `dvc repro` starts anything."""

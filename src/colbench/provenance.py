@@ -12,13 +12,16 @@ Contract:
 
 from __future__ import annotations
 
+import ast
 import datetime as _dt
+import hashlib
 import importlib.metadata
 import os
 import platform
 import subprocess
 import sys
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 from colbench.atomic import read_json
@@ -39,6 +42,43 @@ PACKAGES = (
 
 # Keys that change from one call to the next even when nothing that matters changed.
 VOLATILE_KEYS = ("recorded_at",)
+PACKAGE_DIR = Path(__file__).resolve().parent
+# Files a module reads at run time (not imported): whatever runs the module depends on them as on its code.
+MODULE_DATA_FILES = {"training_curve": ("reference/study_training_loss.csv",)}
+
+
+def colbench_imports(source: str) -> set[str]:
+    """The colbench modules ``source`` imports, at module level or inside functions (``colbench.x`` -> ``x``)."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "colbench":
+            found |= {a.name for a in node.names} if node.module == "colbench" else {node.module.split(".", 1)[1]}
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".", 1)[1] for a in node.names if a.name.startswith("colbench.")}
+    return found
+
+
+def import_closure(modules: Iterable[str]) -> set[str]:
+    """``modules`` and every colbench module they import, directly or not (names without ``colbench.``)."""
+    seen: set[str] = set()
+    todo = list(modules)
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += colbench_imports((PACKAGE_DIR / f"{module}.py").read_text(encoding="utf-8"))
+    return seen
+
+
+def code_files(modules: Iterable[str]) -> list[str]:
+    """The package files (relative to it) that running ``modules`` reads: their import closure's sources and data."""
+    closure = import_closure(modules)
+    return sorted([f"{m}.py" for m in closure] + [f for m in closure for f in MODULE_DATA_FILES.get(m, ())])
+
+
+def code_digest(modules: Iterable[str]) -> dict[str, str]:
+    """sha256 (16 hex characters) of each file of `code_files(modules)`: what an edit of that code changes."""
+    return {name: hashlib.sha256((PACKAGE_DIR / name).read_bytes()).hexdigest()[:16] for name in code_files(modules)}
 
 
 def _git(repo_dir: Path, *args: str) -> str | None:

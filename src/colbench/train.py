@@ -7,8 +7,11 @@ configuration -> 7. save the final model atomically, with `colbench_train.json` 
 
 On-disk contract:
 - ``checkpoints_dir/colbench_checkpoints.json``: ``{"config_hash", "config"}``; checkpoints in the
-  folder belong to that configuration (settings, data, the training modules' code and the libraries'
+  folder belong to that configuration: everything the train stage's outputs depend on (settings but
+  `RESUME_NEUTRAL_KEYS`, data, the held-out evaluation, the code the stage runs and the libraries'
   versions). A different hash clears the folder before training.
+- ``checkpoints_dir/baseline_runs/``: the held-out evaluator's run of the untrained model (step 0),
+  published to its evaluator's path at the end of every run, a resumed one included.
 - ``checkpoints_dir/checkpoint-<step>/``: the Hugging Face trainer's checkpoint (model, optimizer,
   scheduler, RNG state, ``trainer_state.json``) plus ``colbench_complete.json``, written once the
   checkpoint is whole; only such checkpoints are resumed from.
@@ -25,6 +28,7 @@ checkpoint bookkeeping.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import hashlib
 import importlib
@@ -38,23 +42,22 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from colbench.atomic import atomic_dir, read_json, write_json
+from colbench.atomic import atomic_dir, atomic_file, read_json, write_json
 from colbench.errors import InputError, exit_with
 from colbench.kd import kd_manifest, load_kd_dataset
 from colbench.model import parameter_sha256
-from colbench.provenance import package_versions, provenance
+from colbench.provenance import code_digest, package_versions, provenance
 
 CHECKPOINT_CONFIG = "colbench_checkpoints.json"
 CHECKPOINT_COMPLETE = "colbench_complete.json"
 TRAIN_RECORD = "colbench_train.json"
-# Settings that change only how often things are logged or saved, or how batches are fed, not the weights a
-# run ends with: left out of the config hash so that changing them does not throw checkpoints away.
-CADENCE_KEYS = ("logging_steps", "save_steps", "save_total_limit", "dataloader_num_workers")
+BASELINE_RUNS = "baseline_runs"  # in the checkpoints folder: the untrained model's runs, which a resumed run needs
+# Trainer arguments that change neither the weights nor anything else the train stage writes: a killed run may
+# resume under other values (more data-loader workers, say). Every other setting is part of the checkpoints'
+# configuration (`build_trainer`).
+RESUME_NEUTRAL_KEYS = ("save_steps", "save_total_limit", "dataloader_num_workers")
 LOG_KEYS = ("epoch", "loss", "learning_rate", "grad_norm")
-# The modules whose code decides the weights a run ends with, and the libraries it trains with. They are part of
-# the checkpoints' configuration: after an edit DVC reruns the train stage, and resuming a checkpoint written by
-# the old code would skip the steps (a finished run would "retrain" in zero steps).
-TRAINING_MODULES = ("colbench.train", "colbench.loss", "colbench.model", "colbench.kd")
+# The libraries the train stage trains and evaluates with (see `training_code`).
 TRAINING_PACKAGES = ("torch", "transformers", "sentence-transformers", "accelerate")
 
 
@@ -132,6 +135,9 @@ def training_arguments(
     # Without CUDA, say so: accelerate only sets up gloo DDP across CPU processes when told to use the CPU.
     settings.setdefault("use_cpu", not torch.cuda.is_available())
     settings.setdefault("report_to", "none")
+    # The stages set TQDM_DISABLE=1 to keep progress bars out of the executed notebooks; in a notebook the
+    # trainer draws its own (HTML) bar, which only this argument turns off.
+    settings.setdefault("disable_tqdm", os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true"))
     return MultiVectorEncoderTrainingArguments(
         **settings,
         **evaluation,
@@ -154,10 +160,26 @@ def config_hash(config: dict[str, Any]) -> str:
 
 
 def training_code() -> dict[str, str | None]:
-    """sha256 (16 hex characters) of each training module's source, and the training libraries' versions."""
-    code = {name: hashlib.sha256(Path(importlib.import_module(name).__file__).read_bytes()).hexdigest()[:16]
-            for name in TRAINING_MODULES}
-    return {**code, **package_versions(TRAINING_PACKAGES)}
+    """What the train stage runs: sha256 (16 hex characters) of every colbench file it reads (this module's import
+    closure: training, loss, data, and the held-out evaluation's encoding, search and metrics) and the versions of
+    the libraries it trains with. Part of the checkpoints' configuration: after an edit DVC reruns the train stage,
+    and resuming a checkpoint written by the old code would skip its steps (a finished run "retrained" in zero
+    steps, its log and held-out numbers those of the old code)."""
+    return {**code_digest({"train"}), **package_versions(TRAINING_PACKAGES)}
+
+
+def evaluator_identity(evaluator) -> dict[str, Any] | None:
+    """What decides a held-out evaluator's numbers, for the checkpoints' configuration: its own ``fingerprint()``
+    where it has one (`colbench.heldout.HeldOutRetrievalEvaluator`: settings and a digest of its data), else its
+    class and plain settings (sentence-transformers' NanoBEIR evaluator: its subsets, source and batch size)."""
+    if evaluator is None:
+        return None
+    if hasattr(evaluator, "fingerprint"):
+        return evaluator.fingerprint()
+    plain = {key: value for key, value in vars(evaluator).items()
+             if isinstance(value, (str, int, float, bool, type(None)))
+             or (isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value))}
+    return {"class": f"{type(evaluator).__module__}.{type(evaluator).__qualname__}", **plain}
 
 
 def _step(path: Path) -> int:
@@ -384,7 +406,11 @@ def build_trainer(
         "initial_model": model_fingerprint(model),
         "model": model_kwargs,
         "loss": loss_kwargs,
-        "args": {k: v for k, v in args.items() if k not in CADENCE_KEYS},
+        "args": {k: v for k, v in args.items() if k not in RESUME_NEUTRAL_KEYS},
+        "attn_implementation": attn_implementation,  # numerics: the same steps, other rounding
+        "document_chunk": document_chunk,
+        "canary": canary,
+        "heldout": {"evaluator": evaluator_identity(evaluator), "eval_steps": eval_steps},
         "seed": seed,
         "max_samples": max_samples,
         "code": training_code(),
@@ -395,8 +421,14 @@ def build_trainer(
     digest = config_hash(config)
     with training_args.main_process_first(local=False, desc="checkpoint bookkeeping"):
         resume_from = prepare_checkpoints(checkpoints_dir, digest, config, main=training_args.process_index == 0)
-    # The held-out evaluation "at start" is the untrained model's: a resumed run has had it already.
+    # The held-out evaluation "at start" is the untrained model's: a resumed run has had it already. Its run (the
+    # report's per-query baseline) is kept with the checkpoints and published from there at the end, since DVC
+    # removes the stage's outputs before it reruns the stage, and a resumed run has no step 0 to write it again.
     training_args.eval_on_start = evaluator is not None and resume_from is None
+    published_baseline = getattr(evaluator, "baseline_run", None)
+    if published_baseline:
+        evaluator = copy.copy(evaluator)  # the caller's evaluator keeps its own path
+        evaluator.baseline_run = checkpoints_dir / BASELINE_RUNS / Path(published_baseline).name
 
     # 5. Trainer.
     header = {
@@ -420,7 +452,8 @@ def build_trainer(
         trainer.data_collator = LongestCandidatesFirst(trainer.data_collator, [c for c in dataset[0] if c != "scores"][1:])
     check_collator_matches_encoding(trainer, dataset)
     run = {"manifest": manifest, "dataset": dataset, "n_ways": n_ways, "config": config, "digest": digest,
-           "resume_from": resume_from, "log": log, "header": header}
+           "resume_from": resume_from, "log": log, "header": header,
+           "baseline": (evaluator.baseline_run, Path(published_baseline)) if published_baseline else None}
     return trainer, run
 
 
@@ -447,6 +480,10 @@ def train(*, output_dir: str | Path, provenance_extra: dict[str, Any] | None = N
     replicas = _replica_digests(trainer, local_digest)
     if trainer.is_world_process_zero():
         log.write(trainer.state)
+        if run["baseline"] and run["baseline"][0].is_file():
+            kept, published = run["baseline"]
+            with atomic_file(published, "wb") as out:
+                out.write(kept.read_bytes())
         records, _ = log.records(trainer.state.log_history)
         losses = [r["loss"] for r in records if "loss" in r]
         manifest = run["manifest"]

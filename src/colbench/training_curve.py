@@ -185,6 +185,30 @@ def plot_training(log: Sequence[Mapping[str, Any]], path: str | Path, *, checkpo
     return write_png(fig, path)
 
 
+TRAINING_LOG_COLUMNS = ("loss", "learning_rate", "grad_norm")
+
+
+def log_table(log: Sequence[Mapping[str, Any]], eval_keys: Sequence[str] | None = None) -> pd.DataFrame:
+    """The trainer's log history as the train notebook shows it: one row per logged step (index ``step``) with the
+    training loss, learning rate and gradient norm and the held-out scores ``eval_keys`` (default: every ``eval_*``
+    score), never the evaluator's runtime and throughput. A step logged by training and by the held-out evaluation
+    is one row; a value the step did not log is NaN; a column no step logged is left out."""
+    def shown(key: str) -> bool:
+        if key in TRAINING_LOG_COLUMNS:
+            return True
+        return key in eval_keys if eval_keys is not None else key.startswith("eval_") and _is_score_key(key)
+
+    rows: dict[int, dict[str, Any]] = {}
+    for entry in log:
+        if "step" in entry:
+            rows.setdefault(int(entry["step"]), {}).update({k: v for k, v in entry.items() if shown(k)})
+    logged = {key for row in rows.values() for key in row}
+    scores = list(eval_keys) if eval_keys is not None else list(dict.fromkeys(k for row in rows.values() for k in row))
+    columns = [c for c in TRAINING_LOG_COLUMNS if c in logged]
+    columns += [k for k in scores if k in logged and k not in columns]
+    return pd.DataFrame.from_dict(rows, orient="index", columns=columns).sort_index().rename_axis("step")
+
+
 def _is_score_key(key: str) -> bool:
     # eval_* also holds loss, runtime and throughput: plot only retrieval scores.
     return any(m in key for m in ("ndcg", "mrr", "map", "recall", "accuracy", "precision"))
