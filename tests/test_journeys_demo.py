@@ -7,6 +7,7 @@ the same result. Each test names the README section whose commands it runs.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -41,6 +42,9 @@ def test_make_demo_writes_the_report_and_training_helps(demo):
     reports = repo / "demo" / "reports"
     for stage in ("01_prepare", "02_train", "03_encode", "04_index", "05_retrieve", "06_evaluate", "07_report"):
         assert (reports / "html" / f"{stage}.html").stat().st_size > 10_000
+        # The executed notebooks are the report: no progress bars, no trainer log printed line by line.
+        shown = json.dumps(read(reports / "notebooks" / f"{stage}.ipynb")["cells"])
+        assert not re.search(r"<progress|it/s\]|IProgress|\{'loss': ", shown), stage
     assert "pydocs" in (reports / "README.md").read_text()
     train = read(reports / "metrics" / "train.json")
     assert demo["metrics"]["pydocs"]["ndcg@10"] > train["heldout_start_ndcg@10"] + 0.01, (train, demo["metrics"])

@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback
 
 from colbench.atomic import atomic_dir, atomic_file, read_json, write_json
 from colbench.errors import InputError, exit_with
@@ -448,6 +449,8 @@ def build_trainer(
         callbacks=[*([watch] if watch else []), log, bookkeeping, *callbacks],
     )
     bookkeeping.trainer = trainer
+    if training_args.disable_tqdm:  # the trainer then prints every log as a dict instead: the log file has them
+        trainer.remove_callback(PrinterCallback)
     if document_chunk:
         trainer.data_collator = LongestCandidatesFirst(trainer.data_collator, [c for c in dataset[0] if c != "scores"][1:])
     check_collator_matches_encoding(trainer, dataset)
