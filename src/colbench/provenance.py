@@ -20,8 +20,8 @@ import os
 import platform
 import subprocess
 import sys
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from colbench.atomic import read_json
