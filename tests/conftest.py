@@ -102,3 +102,35 @@ def reference_trainer(tmp_path, kd_folder, study_settings):
         return trainer, run, reference
 
     return make
+
+
+@pytest.fixture
+def beir_server(tmp_path, monkeypatch):
+    """A loopback HTTP server standing for BEIR's download server: it serves the files put in the folder it yields
+    (``<name>.zip``), `colbench.hub.BEIR_URL` points at it, and ``paths`` lists the paths asked for."""
+    import http.server
+    import threading
+
+    from colbench import hub
+
+    served, paths = tmp_path / "served", []
+    served.mkdir()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(served), **kwargs)
+
+        def do_GET(self):
+            paths.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args):  # quiet
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(hub, "BEIR_URL", f"http://127.0.0.1:{server.server_address[1]}/{{name}}.zip")
+    monkeypatch.setenv("COLBENCH_BEIR_CACHE", str(tmp_path / "cache"))
+    yield served, paths
+    server.shutdown()
+    server.server_close()

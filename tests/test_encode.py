@@ -43,14 +43,19 @@ def test_documents_store_matches_the_models_encoding(tmp_path, model):
 
 def test_a_beir_document_is_encoded_as_its_title_then_its_text(tmp_path, model):
     # The encode stage's path: a BEIR corpus through document_texts into the store. The title comes first, one space
-    # apart (BEIR's dense models); a missing or blank part adds nothing.
+    # apart, the whole stripped: PyLate's BEIR evaluation, f"{title} {text}".strip() (ModernBERT's tokenizer makes a
+    # leading space part of the first word's token, so the spaces at the ends matter).
     from colbench.encode import document_texts
 
     corpus = [{"_id": "both", "title": "Heart rate", "text": "Exercise raises it."},
               {"_id": "title", "title": "Only a title", "text": ""},
-              {"_id": "text", "title": "  ", "text": "Only a text."}]
+              {"_id": "text", "title": "  ", "text": "Only a text."},
+              {"_id": "spaced", "title": "", "text": " Leading and trailing spaces. "},
+              {"_id": "inner", "title": "Title ", "text": "text"}]
     ids, texts = document_texts(corpus)
-    assert (ids, texts) == (["both", "title", "text"], ["Heart rate Exercise raises it.", "Only a title", "Only a text."])
+    assert ids == ["both", "title", "text", "spaced", "inner"]
+    assert texts == ["Heart rate Exercise raises it.", "Only a title", "Only a text.", "Leading and trailing spaces.",
+                     "Title  text"]
     encode_to_store(model, ids, texts, tmp_path / "docs", is_query=False, dtype="float32", show_progress=False)
     store = open_store(tmp_path / "docs")
     np.testing.assert_allclose(store.item(0), model.encode_document(["Heart rate Exercise raises it."],

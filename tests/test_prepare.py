@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import textwrap
 import zipfile
 from pathlib import Path
@@ -12,9 +13,8 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import requests
 
-from colbench import beir_data, hub, kd
+from colbench import beir_data, evaluate, hub, kd
 from colbench.errors import InputError
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -150,6 +150,39 @@ def test_offline_without_cache_names_the_dataset_and_the_fix(tmp_path, monkeypat
     assert "hf download --repo-type dataset" in message and "local folder" in message
 
 
+def hub_cache_holding(tmp_path, monkeypatch, repo_id: str, files: Path, commit: str) -> Path:
+    """A Hugging Face hub cache as `hf download --repo-type dataset <repo_id> --revision <commit>` leaves it (copied
+    to an offline machine), holding ``files``; the hub and datasets libraries pointed at it."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hf" / "hub"
+    repo = cache / f"datasets--{repo_id.replace('/', '--')}"
+    shutil.copytree(files, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))  # read at import
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf" / "datasets"))  # empty
+    return cache
+
+
+def test_offline_the_set_hf_download_cached_is_prepared(tmp_path, monkeypatch):
+    # The route the offline error and `make study`'s resource check give: `hf download` elsewhere, the cache copied
+    # here. Offline, datasets loads a hub id only from its own Arrow cache, which `hf download` does not fill.
+    hub_cache_holding(tmp_path, monkeypatch, "lightonai/ms-marco-en-bge", MSMARCO, REV)
+    assert hub.in_hf_cache("lightonai/ms-marco-en-bge", "dataset", REV)  # what the resource check sees
+    manifest = kd.prepare_kd("lightonai/ms-marco-en-bge", tmp_path / "kd", **kd_kwargs(revision=REV))
+    assert manifest["revision"] == REV and manifest["n_train"] == 12
+
+
+def test_offline_nanobeir_is_read_from_the_hub_cache(tmp_path, monkeypatch):
+    from colbench.heldout import make_evaluator
+
+    hub_cache_holding(tmp_path, monkeypatch, hub.NANOBEIR, FIXTURES / "nanobeir_tiny", "b" * 40)
+    evaluator = make_evaluator("nanobeir", nanobeir_subsets=["scifact"])
+    assert evaluator.dataset_id == str(tmp_path / "hf" / "hub" / "datasets--sentence-transformers--NanoBEIR-en" /
+                                       "snapshots" / ("b" * 40))
+
+
 def test_unreachable_hub_goes_offline_instead_of_retrying(tmp_path, monkeypatch):
     import huggingface_hub.constants
 
@@ -218,7 +251,8 @@ def _copy_beir(tmp_path):
 @pytest.mark.parametrize(
     ("file", "content", "needle"),
     [
-        ("qrels/test.tsv", "query-id\tcorpus-id\tscore\nq1\td9\t1\n", r"1 qrel\(s\) reference documents .* 'd9'"),
+        ("qrels/test.tsv", "query-id\tcorpus-id\tscore\nq1\td9\t1\nq2\td8\t1\n",
+         r"2 of 2 qrels reference documents not in the folder, e.g. 'd9': the qrels and the corpus do not belong"),
         ("qrels/test.tsv", "query-id\tcorpus-id\tscore\nq7\td1\t1\n", r"reference queries .* 'q7'"),
         ("qrels/test.tsv", "q1\td1\t1\n", r"test.tsv:1: expected the header"),
         ("qrels/test.tsv", "query-id\tcorpus-id\tscore\nq1\td1\thigh\n", r"test.tsv:2: expected"),
@@ -238,56 +272,69 @@ def test_bad_beir_folder_is_refused(tmp_path, file, content, needle):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_qrel_of_a_document_the_corpus_lacks_is_kept_as_beir_keeps_it(tmp_path):
+    # ArguAna's test qrels judge one document its corpus lacks (beir-cellar/beir#101); BEIR and PyLate keep the
+    # qrel, so the published NDCG@10 counts it: a relevant document no run can return.
+    folder = _copy_beir(tmp_path)
+    with open(folder / "qrels" / "test.tsv", "a") as qrels:
+        qrels.write("q1\tgone\t1\n")
+    with pytest.warns(UserWarning, match=r"prepare.datasets.tiny: 1 of 5 qrels judge documents the corpus lacks \('gone'\)"):
+        manifest = beir_data.prepare_beir("tiny", str(folder), tmp_path / "out")
+    assert manifest["qrels_to_missing_documents"] == [["q1", "gone", 1]] and manifest["n_qrels"] == 5
+    assert beir_data.check_beir_dir(tmp_path / "out")["n_qrels"] == 5
+    qrels = evaluate.load_qrels(tmp_path / "out" / "qrels" / "test.tsv")
+    metrics, per_query = evaluate.evaluate_run({"q1": {"d1": 2.0, "d2": 1.0}}, qrels, ignore_identical_ids=False)
+    assert per_query["q1"]["recall@10"] == 0.5  # d1 found, "gone" cannot be
+
+
 def test_missing_split_lists_the_splits_there(tmp_path):
     with pytest.raises(InputError, match=r"qrels/dev.tsv \(splits here: \['test'\]\)"):
         beir_data.prepare_beir("tiny", str(BEIR), tmp_path / "out", split="dev")
 
 
-def _serve_zip(tmp_path, monkeypatch, calls):
-    archive = tmp_path / "served.zip"
-    with zipfile.ZipFile(archive, "w") as zf:
-        for path in sorted(BEIR.rglob("*")):
-            if path.is_file():
-                zf.write(path, f"tiny/{path.relative_to(BEIR).as_posix()}")
-
-    def download_url(url, save_path, chunk_size=1024):
-        calls.append(url)
-        shutil.copy(archive, save_path)
-
-    import beir.util
-
-    monkeypatch.setattr(beir.util, "download_url", download_url)
+def _zip_of_tiny(path: Path) -> None:
+    with zipfile.ZipFile(path, "w") as zf:
+        for file in sorted(BEIR.rglob("*")):
+            if file.is_file():
+                zf.write(file, f"tiny/{file.relative_to(BEIR).as_posix()}")
 
 
-def test_download_path_uses_the_beir_url_and_the_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("COLBENCH_BEIR_CACHE", str(tmp_path / "cache"))
-    calls = []
-    _serve_zip(tmp_path, monkeypatch, calls)
+def test_download_path_uses_the_beir_url_and_the_cache(tmp_path, beir_server):
+    served, paths = beir_server
+    _zip_of_tiny(served / "tiny.zip")
     manifest = beir_data.prepare_beir("tiny", "tiny", tmp_path / "a")
     beir_data.prepare_beir("tiny", "tiny", tmp_path / "b")  # second time: the cached folder is reused
-    assert calls == ["https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/tiny.zip"]
-    assert manifest["url"] == calls[0] and (tmp_path / "cache" / "tiny" / "corpus.jsonl").is_file()
+    assert paths == ["/tiny.zip"] and manifest["url"] == hub.BEIR_URL.format(name="tiny")
+    assert (tmp_path / "cache" / "tiny" / "corpus.jsonl").is_file()
     assert (tmp_path / "a" / "corpus.jsonl").read_bytes() == (tmp_path / "b" / "corpus.jsonl").read_bytes()
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["tiny"]  # no partial leftovers
 
 
-@pytest.mark.parametrize("failure", ["network", "not-a-zip"])
-def test_failed_download_names_the_url_and_leaves_no_partial_zip(tmp_path, monkeypatch, failure):
-    monkeypatch.setenv("COLBENCH_BEIR_CACHE", str(tmp_path / "cache"))
+def test_the_beir_url_is_beirs():
+    assert hub.BEIR_URL.format(name="fiqa") == "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/fiqa.zip"
 
-    def download_url(url, save_path, chunk_size=1024):
-        if failure == "network":
-            raise requests.ConnectionError("Name or service not known")
-        Path(save_path).write_text("<html>404 Not Found</html>")
 
-    import beir.util
-
-    monkeypatch.setattr(beir.util, "download_url", download_url)
+@pytest.mark.parametrize("failure", ["refused", "not-found", "not-a-zip", "silent"])
+def test_failed_download_names_the_url_and_leaves_no_partial_zip(tmp_path, beir_server, monkeypatch, failure):
+    served, _ = beir_server
+    listener = None
+    if failure == "not-a-zip":
+        (served / "fiqa.zip").write_text("<html>Service unavailable</html>")
+    if failure in ("refused", "silent"):
+        # "silent": a server that takes the connection and never answers (beir's own download would wait forever).
+        listener = socket.create_server(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        if failure == "refused":
+            listener.close()
+        monkeypatch.setattr(hub, "BEIR_URL", f"http://127.0.0.1:{port}/{{name}}.zip")
+        monkeypatch.setattr(hub, "DOWNLOAD_TIMEOUT", 1)
     with pytest.raises(InputError) as err:
         beir_data.prepare_beir("fiqa", "fiqa", tmp_path / "out")
-    assert "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/fiqa.zip" in str(err.value)
+    assert hub.BEIR_URL.format(name="fiqa") in str(err.value)
     assert "local BEIR folder" in str(err.value)
     assert list((tmp_path / "cache").iterdir()) == []
+    if listener:
+        listener.close()
 
 
 # ---------------------------------------------------------------------------- builtin demo set

@@ -210,18 +210,12 @@ def test_bad_beir_source_is_named(tmp_path, source, kwargs, needle):
     assert not (tmp_path / "out").exists()
 
 
-def test_download_without_corpus_is_refused(tmp_path, monkeypatch):
+def test_download_without_corpus_is_refused(tmp_path, beir_server):
     import zipfile
 
-    import beir.util
-
-    monkeypatch.setenv("COLBENCH_BEIR_CACHE", str(tmp_path / "cache"))
-
-    def download_url(url, save_path, chunk_size=1024):
-        with zipfile.ZipFile(save_path, "w") as zf:
-            zf.writestr("odd/readme.txt", "not a BEIR dataset")
-
-    monkeypatch.setattr(beir.util, "download_url", download_url)
+    served, _ = beir_server
+    with zipfile.ZipFile(served / "odd.zip", "w") as zf:
+        zf.writestr("odd/readme.txt", "not a BEIR dataset")
     with pytest.raises(InputError, match=r"odd.zip: the archive has no odd/corpus.jsonl"):
         beir_data.prepare_beir("odd", "odd", tmp_path / "out")
     assert not (tmp_path / "out").exists() and list((tmp_path / "cache").iterdir()) == []

@@ -3,11 +3,13 @@
 A collection folder (BEIR's format, also what the prepare stage writes):
   ``corpus.jsonl`` (_id, title, text), ``queries.jsonl`` (_id, text; the prepare stage keeps only queries
   with qrels in the split), ``qrels/<split>.tsv`` (header query-id, corpus-id, score), and, once prepared,
-  ``manifest.json`` (source, split, counts, n_queries_dropped_without_qrels, sha256, url when downloaded).
+  ``manifest.json`` (source, split, counts, n_queries_dropped_without_qrels, sha256, url when downloaded, and
+  ``qrels_to_missing_documents`` when some qrels judge a document the corpus lacks: see `missing_documents`).
 
 Everything is checked before anything is written; every problem raises :class:`InputError` naming the
-file (and line), the id and what to do: bad lines, duplicate ids, dangling qrels, a missing qrels header
-(beir's own loader checks none of these; beir downloads the datasets, see `colbench.hub`).
+file (and line), the id and what to do: bad lines, duplicate ids, qrels of unknown queries, more than a few
+qrels of unknown documents, a missing qrels header (beir's own loader checks none of these; the datasets are
+downloaded by `colbench.hub`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -93,6 +96,12 @@ def prepare_beir(
         else:
             raise InputError(f"prepare.datasets.{name}.source={source!r}: no such folder, and not a BEIR dataset name")
         corpus, queries, qrels, dropped = load_beir_folder(folder, split)
+    absent = missing_documents(qrels, {doc["_id"] for doc in corpus})
+    if absent:
+        extra["qrels_to_missing_documents"] = [list(row) for row in absent]
+        warnings.warn(f"prepare.datasets.{name}: {len(absent)} of {len(qrels)} qrels judge documents the corpus "
+                      f"lacks ({', '.join(repr(row[1]) for row in absent[:3])}); kept, as BEIR keeps them: no run can "
+                      "return them (see manifest.json, qrels_to_missing_documents)", stacklevel=2)
     manifest = {
         "name": name,
         "source": source,
@@ -131,11 +140,16 @@ def load_beir_folder(folder: str | Path, split: str) -> tuple[list[dict], list[d
     if not documents:
         raise InputError(f"{folder / 'corpus.jsonl'} is empty: a collection needs documents")
     rows = list(dict.fromkeys(_scan_qrels(qrels_path)))
-    for kind, known, index in (("documents", documents, 1), ("queries", queries, 0)):
-        unknown = [row[index] for row in rows if row[index] not in known]
-        if unknown:
-            raise InputError(f"{qrels_path}: {len(unknown)} qrel(s) reference {kind} not in the folder, e.g. "
-                             f"{unknown[0]!r}; fix the qrels or the {'corpus' if index else 'queries'} file")
+    unknown = [row[0] for row in rows if row[0] not in queries]
+    if unknown:
+        raise InputError(f"{qrels_path}: {len(unknown)} qrel(s) reference queries not in the folder, e.g. "
+                         f"{unknown[0]!r}; fix the qrels or the queries file")
+    absent = missing_documents(rows, documents)
+    if len(absent) > max(1, len(rows) // 100):
+        raise InputError(f"{qrels_path}: {len(absent)} of {len(rows)} qrels reference documents not in the folder, "
+                         f"e.g. {absent[0][1]!r}: the qrels and the corpus do not belong together; fix the qrels or the "
+                         "corpus file. (A few, at most 1 %, are kept as BEIR keeps them: ArguAna's test qrels name "
+                         "one document its corpus lacks.)")
     corpus = [{"_id": i, "title": r.get("title") or "", "text": r.get("text") or ""} for i, r in documents.items()]
     judged = {row[0] for row in rows}
     kept = [{"_id": q, "text": r.get("text") or ""} for q, r in queries.items() if q in judged]
@@ -144,6 +158,16 @@ def load_beir_folder(folder: str | Path, split: str) -> tuple[list[dict], list[d
         raise InputError(f"{folder / 'queries.jsonl'}: {len(blank)} judged quer(ies) have an empty text, e.g. "
                          f"{blank[0]!r}; give them text or remove them and their qrels")
     return corpus, kept, rows, len(queries) - len(kept)
+
+
+def missing_documents(qrels: list[tuple[str, str, int]], documents) -> list[tuple[str, str, int]]:
+    """The qrels whose document is not among ``documents`` (ids).
+
+    Kept, as BEIR's loader and PyLate's evaluation keep them: a judged document no run can return, which lowers
+    its query's recall and NDCG for every model alike (ArguAna's test split has one, beir-cellar/beir#101).
+    `load_beir_folder` refuses more than 1 % of the qrels: then corpus and qrels do not belong together.
+    """
+    return [row for row in qrels if row[1] not in documents]
 
 
 def _scan_records(path: Path, required: tuple[str, ...]) -> dict[str, dict]:

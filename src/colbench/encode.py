@@ -282,7 +282,8 @@ def encode_to_store(
 
 
 def document_texts(corpus: list[dict]) -> tuple[list[str], list[str]]:
-    """(ids, texts) of BEIR corpus records, each text being ``title + " " + text`` as BEIR's dense models do."""
+    """(ids, texts) of BEIR corpus records, each text being ``f"{title} {text}".strip()`` as PyLate's BEIR evaluation
+    builds it (spaces count: ModernBERT's tokenizer makes a leading space part of the next token)."""
     ids = [str(doc["_id"]) for doc in corpus]
-    texts = [" ".join(part for part in (doc.get("title") or "", doc.get("text") or "") if part.strip()) for doc in corpus]
+    texts = [f"{doc.get('title') or ''} {doc.get('text') or ''}".strip() for doc in corpus]
     return ids, texts

@@ -106,8 +106,10 @@ def make_evaluator(dataset: str | None, *, datasets_dir: str | Path | None = Non
     if dataset == "nanobeir":
         from sentence_transformers.multi_vector_encoder.evaluation import MultiVectorNanoBEIREvaluator
 
-        return MultiVectorNanoBEIREvaluator(dataset_names=nanobeir_subsets, dataset_id=nanobeir_source,
-                                            batch_size=batch_size)
+        source = nanobeir_source
+        if not Path(source).is_dir() and hub.hub_out_of_reach():
+            source = str(hub.dataset_snapshot(source) or source)  # `hf download`'s copy, if any (hub.dataset_snapshot)
+        return MultiVectorNanoBEIREvaluator(dataset_names=nanobeir_subsets, dataset_id=source, batch_size=batch_size)
     baseline = Path(baseline_runs) / f"{dataset}.trec" if baseline_runs else None
     return HeldOutRetrievalEvaluator(Path(datasets_dir) / dataset, name=dataset, split=split,
                                      ignore_identical_ids=ignore_identical_ids, baseline_run=baseline,

@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import tempfile
+import urllib.request
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from colbench.errors import InputError
 HUB_URL = "https://huggingface.co"
 NANOBEIR = "sentence-transformers/NanoBEIR-en"  # the held-out set of the study's recipe (dataset id)
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
+DOWNLOAD_TIMEOUT = 60  # seconds a BEIR download may wait for the server (connecting, or between two reads)
 
 
 def offline() -> bool:
@@ -48,6 +50,12 @@ def reachable(url: str, timeout: float = 3.0) -> bool:
 def hub_url() -> str:
     """The hub endpoint in use (``HF_ENDPOINT`` or huggingface.co)."""
     return os.environ.get("HF_ENDPOINT") or HUB_URL
+
+
+def hub_out_of_reach() -> bool:
+    """True when the hub must not or cannot be contacted: `offline`, or its endpoint does not answer (asked once,
+    briefly: the libraries would retry for tens of seconds per file)."""
+    return offline() or not reachable(hub_url())
 
 
 @contextlib.contextmanager
@@ -112,6 +120,21 @@ def in_hf_cache(repo_id: str, repo_type: str = "model", revision: str | None = N
         return False
 
 
+def dataset_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
+    """The folder of hub dataset ``repo_id`` (at ``revision``) in the Hugging Face hub cache, or None.
+
+    What `hf download --repo-type dataset` fills. Offline, datasets 5 loads a hub *id* only from its own Arrow
+    cache (a dataset this machine loaded before, online), never from this folder; given the folder itself, it
+    reads it like any local dataset folder, the configs named by its card. Its name is the commit.
+    """
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, repo_type="dataset", revision=revision, local_files_only=True))
+    except Exception:  # noqa: BLE001 - any failure here means "not cached"
+        return None
+
+
 def beir_cache_dir() -> Path:
     """Where downloaded BEIR datasets are kept: $COLBENCH_BEIR_CACHE or ~/.cache/colbench/beir."""
     return Path(os.environ.get("COLBENCH_BEIR_CACHE") or Path.home() / ".cache" / "colbench" / "beir")
@@ -124,20 +147,20 @@ def beir_cached(name: str) -> bool:
 
 def download_beir(name: str) -> tuple[Path, str]:
     """The unpacked folder of BEIR dataset ``name`` (downloaded once into the cache) and its URL."""
-    import beir.util
-
     url = BEIR_URL.format(name=name)
     cache = beir_cache_dir()
     target = cache / name
     if beir_cached(name):
         return target, url
     cache.mkdir(parents=True, exist_ok=True)
-    # Download into a temporary folder: beir reuses any existing zip, so a partial one must never stay.
+    # Download and unpack in a temporary folder, moved into place only when complete.
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=cache))
-    saved = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(60)  # requests has no timeout by default: a dead network would hang forever
     try:
-        unzipped = Path(beir.util.download_and_unzip(url, str(tmp)))
+        archive = tmp / f"{name}.zip"
+        _download(url, archive)
+        with zipfile.ZipFile(archive) as zipped:
+            zipped.extractall(tmp)  # zipfile drops absolute paths and ".." from member names
+        unzipped = tmp / name
         if not (unzipped / "corpus.jsonl").is_file():
             raise InputError(f"{url}: the archive has no {name}/corpus.jsonl; is {name!r} a BEIR dataset?")
         if target.exists():
@@ -150,6 +173,15 @@ def download_beir(name: str) -> tuple[Path, str]:
             f"prepare.datasets.<name>.source to a local BEIR folder (corpus.jsonl, queries.jsonl, qrels/)"
         ) from err
     finally:
-        socket.setdefaulttimeout(saved)
         shutil.rmtree(tmp, ignore_errors=True)
     return target, url
+
+
+def _download(url: str, path: Path) -> None:
+    """``url`` into ``path``, giving up after DOWNLOAD_TIMEOUT seconds without a byte.
+
+    By hand rather than beir's ``download_url``: it calls requests without a timeout (requests then overrides the
+    socket default), so a server that accepts the connection and stops answering would hang the stage forever.
+    """
+    with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response, open(path, "wb") as out:
+        shutil.copyfileobj(response, out, 1 << 20)

@@ -144,13 +144,17 @@ def _local_kd(folder: Path) -> dict[str, pa.Table]:
 def _hub_kd(source: str, revision: str | None) -> tuple[dict[str, pa.Table], str | None]:
     import datasets
 
-    offline = hub.offline() or not hub.reachable(hub.hub_url())
+    offline = hub.hub_out_of_reach()
+    snapshot = hub.dataset_snapshot(source, revision) if offline else None  # `hf download`'s copy, if any
     tables, hashes = {}, set()
     for config in KD_COLUMNS:
         try:
             # Without the network the libraries retry for ~25 s per file: we check once and go offline.
             with hub.offline_mode(offline):
-                dataset = datasets.load_dataset(source, config, split="train", revision=revision)
+                if snapshot:
+                    dataset = datasets.load_dataset(str(snapshot), config, split="train")
+                else:
+                    dataset = datasets.load_dataset(source, config, split="train", revision=revision)
         except (ConnectionError, FileNotFoundError, OSError, ValueError) as err:
             raise InputError(
                 f"cannot load hub dataset {source!r} (config {config!r}, revision {revision or 'latest'})"
@@ -161,8 +165,9 @@ def _hub_kd(source: str, revision: str | None) -> tuple[dict[str, pa.Table], str
                 "train/queries/documents as .parquet or .jsonl"
             ) from err
         tables[config] = dataset.data.table
-        hashes.update(_commit_of(dataset))
-    # The datasets cache keeps hub datasets under <config>/<version>/<commit sha>/: that sha is the revision.
+        hashes.update({snapshot.name} if snapshot else _commit_of(dataset))
+    # The datasets cache keeps hub datasets under <config>/<version>/<commit sha>/, the hub cache its snapshots
+    # under snapshots/<commit sha>/: that sha is the revision.
     resolved = hashes.pop() if len(hashes) == 1 else None
     if revision and resolved and len(revision) == 40 and resolved != revision:
         raise InputError(

@@ -34,7 +34,6 @@ PACKAGES = (
     "datasets",
     "accelerate",
     "voyager",
-    "beir",
     "pytrec-eval-terrier",
     "numpy",
     "colbench",
