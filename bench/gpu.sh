@@ -27,6 +27,9 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   # The machine cannot reach a registry: the versions this repository needs travel as wheels.
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+else
+  # Not fatal (a machine may have every package), but the versions below then are the image's own.
+  echo "gpu.sh: no wheels in .whl/ (bench/wheels.sh makes them; the device tool carries them with carry=[\".whl\"])"
 fi
 # One tokenizer thread, as `make study` runs the pipeline (the Makefile exports it, and `python -m colbench.train`
 # sets it): with 0 data-loader workers the training process tokenises each step on one core (bench/collate.py).

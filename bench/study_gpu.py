@@ -39,6 +39,9 @@ Stages, what is measured and how it is projected to the study's size (each row o
   output says so). A file in another format (an old one) or, with ``--run-id``, of another run is not used:
   the output says why and projects no training.
 
+The result files are written after each of encode, index and retrieve too (``"complete": false``, the output
+says where it stopped), so a run stopped by bench/gpu.sh's timeout keeps what it measured.
+
 Not timed: the prepare stage (downloads), the report stage, the untrained model's baseline runs. Indexing and
 the token search run on the CPU cores (16 on the H200 machine), as in the pipeline.
 
@@ -50,6 +53,7 @@ the token search run on the CPU cores (16 on the H200 machine), as in the pipeli
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import math
@@ -111,7 +115,9 @@ def timed(fn, *args, **kwargs):
     return out, time.perf_counter() - start
 
 
-def run(options: argparse.Namespace, work: Path) -> dict:
+def run(options: argparse.Namespace, work: Path, save) -> dict:
+    """Measure every stage; ``save(result)`` is called after each one (with ``complete`` false until the end), so
+    that a run stopped by its timeout keeps the stages it finished."""
     import torch
 
     from colbench.config import load_params
@@ -134,6 +140,17 @@ def run(options: argparse.Namespace, work: Path) -> dict:
     model = build_colbert(str(base), **dataclasses.asdict(params.train.model), seed=params.train.seed, device=options.device)
     rng = random.Random(0)
     stages, sets = [], {}
+    result = {
+        "bench": "study_gpu",
+        "complete": False,
+        "device": torch.cuda.get_device_name(0) if options.device == "cuda" else "cpu (smoke: numbers mean nothing)",
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "model_size": options.model_size,
+        "fraction": options.fraction,
+        "datasets": sets,
+        "stages": stages,
+    }
 
     def encode(ids, items, out, is_query, bf16=enc.autocast_bf16):
         return encode_to_store(model, ids, items, out, is_query=is_query, batch_size=enc.batch_size, dtype=enc.dtype,
@@ -192,6 +209,8 @@ def run(options: argparse.Namespace, work: Path) -> dict:
                    "projected_s": project(alt["seconds"], m, all_docs, calls=len(sets)),
                    "method": f"{fixed:.2f} s fixed per call x {len(sets)} sets + FiQA's time per document x every "
                              "set's documents; not in the total", "in_total": False})
+    result["encode_fixed_s_per_call"] = fixed
+    save(result)
 
     # ---- index: the first FiQA documents up to --index-vectors token vectors, and half as many.
     fiqa = open_store(work / "fiqa" / "docs")
@@ -218,6 +237,8 @@ def run(options: argparse.Namespace, work: Path) -> dict:
                    "method": "per-vector cost growing with log n (linear: see projected_s_linear)", "in_total": True})
     print(f"study_gpu: indexed {n:,} vectors in {t:.1f} s (half: {built_half['n_vectors']:,} in "
           f"{built_half['build_s']:.1f} s)", flush=True)
+    result["index_fit"] = fit
+    save(result)
 
     # ---- retrieve on that subset, with FiQA's queries.
     queries = open_store(work / "fiqa" / "queries")
@@ -259,6 +280,8 @@ def run(options: argparse.Namespace, work: Path) -> dict:
                    "projected_s": (1 + n_sweep) * hnsw_s + exact_s if rt.mode == "hnsw" else 2 * exact_s + n_sweep * hnsw_s,
                    "method": "sum of those rows; every ef timed as ef_search: upper bound", "in_total": True})
     print(f"study_gpu: retrieved {nq} queries: hnsw {t_hnsw:.2f} s, exact {t_exact:.2f} s", flush=True)
+    result["hnsw"] = {"token_search_s": t_near, "search_s": t_hnsw, "mean_candidates": candidates, "queries": nq}
+    save(result)
 
     # ---- evaluate the hnsw run against synthetic qrels (1-3 relevant documents per query).
     qrels = {qid: {doc: 1 for doc in rng.sample(sub.ids, min(len(sub), rng.randint(1, 3)))} for qid in run_hnsw}
@@ -268,20 +291,8 @@ def run(options: argparse.Namespace, work: Path) -> dict:
                    "rate": f"{nq / t_eval:,.0f} queries/s", "study_items": f"{all_queries:,} queries",
                    "projected_s": t_eval * all_queries / nq, "method": "linear", "in_total": True})
 
-    return {
-        "bench": "study_gpu",
-        "device": torch.cuda.get_device_name(0) if options.device == "cuda" else "cpu (smoke: numbers mean nothing)",
-        "cpu_cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "model_size": options.model_size,
-        "fraction": options.fraction,
-        "encode_fixed_s_per_call": fixed,
-        "datasets": sets,
-        "index_fit": fit,
-        "hnsw": {"token_search_s": t_near, "search_s": t_hnsw, "mean_candidates": candidates, "queries": nq},
-        "stages": stages,
-        "wall_s": time.monotonic() - started,
-    }
+    result.update(complete=True, wall_s=time.monotonic() - started)
+    return result
 
 
 def read_training(train_json: Path, run_id: str | None) -> tuple[dict, str | None]:
@@ -369,11 +380,15 @@ def markdown(result: dict) -> str:
     if not train["refused"] and train["complete"] is False:
         lines.append(f"The training sweep was stopped early: its {train['finished_rows']} finished configuration(s) "
                      "are used, a faster one may not have run.")
-    fit = result["index_fit"]
-    lines += ["", f"Index build model check: {fit['half_vectors']:,} vectors took {fit['half_build_s']:.1f} s; from the "
-                  f"{fit['vectors']:,}-vector build, log n predicts {fit['half_predicted_s_log']:.1f} s and linear "
-                  f"{fit['half_predicted_s_linear']:.1f} s.", ""]
-    return "\n".join(lines)
+    if not result["complete"]:
+        lines.append(f"**Incomplete**: the run stopped after the stages above (the last one: {result['last_measured_stage']}"
+                     "); the totals leave out the stages it did not reach.")
+    fit = result.get("index_fit")
+    if fit:
+        lines += ["", f"Index build model check: {fit['half_vectors']:,} vectors took {fit['half_build_s']:.1f} s; from "
+                      f"the {fit['vectors']:,}-vector build, log n predicts {fit['half_predicted_s_log']:.1f} s and linear "
+                      f"{fit['half_predicted_s_linear']:.1f} s."]
+    return "\n".join([*lines, ""])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -415,11 +430,18 @@ def main(argv: list[str] | None = None) -> int:
     work = options.work or Path(tempfile.mkdtemp(prefix="colbench-study-gpu-"))
     for name in (*DATASETS, "warmup", "fixed0", "fixed1", "fiqa-alt", "fiqa-half", "fiqa-sub", "index-half", "index"):
         shutil.rmtree(work / name, ignore_errors=True)  # stores and indexes of an earlier run in the same --work
-    result = run(options, work)
-    add_training(result, options.train_json or out_dir / "train_gpu.json", options.run_id)
-    result["provenance"] = provenance(REPO)
-    write_json(out_dir / "study_gpu.json", result)
-    write_text(out_dir / "study_gpu.md", markdown(result))
+    recorded = provenance(REPO)
+
+    def save(measured: dict) -> dict:
+        result = copy.deepcopy(measured)  # the training rows are added to a copy: `run` keeps appending stages
+        result["last_measured_stage"] = result["stages"][-1]["stage"]
+        add_training(result, options.train_json or out_dir / "train_gpu.json", options.run_id)
+        result["provenance"] = recorded
+        write_json(out_dir / "study_gpu.json", result)
+        write_text(out_dir / "study_gpu.md", markdown(result))
+        return result
+
+    result = save(run(options, work, save))
     if not options.work:
         shutil.rmtree(work, ignore_errors=True)
     print(markdown(result))

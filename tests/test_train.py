@@ -204,6 +204,23 @@ def test_training_arguments_translate_the_study_settings(tmp_path):
     assert (args.seed, args.data_seed, args.save_steps, args.bf16) == (3, 3, 2, False)
 
 
+def test_tf32_turned_on_by_transformers_leaves_the_flags_torch_compile_reads_readable():
+    # On a GPU, tf32=True makes transformers set torch's new fp32_precision API; torch.compile then reads the legacy
+    # flags, which raise in that state (pytorch#166387). A fresh process: the precision flags are process-wide.
+    script = textwrap.dedent("""
+        import torch
+        from transformers.utils.import_utils import enable_tf32
+        from colbench.train import keep_legacy_tf32_flags_readable
+        enable_tf32(True)  # what TrainingArguments(tf32=True) calls
+        keep_legacy_tf32_flags_readable()
+        print(torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision(),
+              torch.backends.cuda.matmul.fp32_precision)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "high", "tf32"]
+
+
 # ---------------------------------------------------------------------------------- checkpoints
 def test_config_hash_ignores_key_order_but_not_values():
     assert config_hash({"a": 1, "b": {"c": 2, "d": 3}}) == config_hash({"b": {"d": 3, "c": 2}, "a": 1})

@@ -139,7 +139,7 @@ def training_arguments(
     # The stages set TQDM_DISABLE=1 to keep progress bars out of the executed notebooks; in a notebook the
     # trainer draws its own (HTML) bar, which only this argument turns off.
     settings.setdefault("disable_tqdm", os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true"))
-    return MultiVectorEncoderTrainingArguments(
+    training_args = MultiVectorEncoderTrainingArguments(
         **settings,
         **evaluation,
         prompts=prompts or {},
@@ -151,6 +151,17 @@ def training_arguments(
         save_strategy="steps",
         logging_strategy="steps",
     )
+    keep_legacy_tf32_flags_readable()
+    return training_args
+
+
+def keep_legacy_tf32_flags_readable() -> None:
+    """With torch >= 2.9, transformers turns TF32 on (``tf32=True``) through torch's new ``fp32_precision`` API.
+    From then on reading the legacy flags (``torch.backends.cuda.matmul.allow_tf32``,
+    ``torch.get_float32_matmul_precision()``) raises, and parts of torch.compile still read them
+    (pytorch/pytorch#166387). The same precision set through the legacy API keeps both readable; matmuls stay TF32."""
+    if getattr(torch.backends.cuda.matmul, "fp32_precision", None) == "tf32":
+        torch.set_float32_matmul_precision("high")
 
 
 # ------------------------------------------------------------------------------------- checkpoints
