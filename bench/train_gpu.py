@@ -55,8 +55,9 @@ Measured per configuration, each in a fresh child process (its own compile cache
 - the loss logged every 5 steps against the first configuration's: the same data order and initial
   weights, so only the arithmetic's rounding may differ.
 
-``--sweep`` runs, in this order, within ``--budget`` seconds: params.yaml as it is (4 x 4, sdpa); micro-batch
-16 (one forward of 16 queries x 32 documents); + fused AdamW; + 4 dataloader workers; + document chunks of
+``--sweep`` runs, in this order, within ``--budget`` seconds: params.yaml as it is (4 x 4, sdpa, 4 data-loader
+workers; what the workers save, tokenisation in the training process, is bench/collate.py's to measure); micro-batch
+16 (one forward of 16 queries x 32 documents); + fused AdamW; + document chunks of
 64 (8 forwards of 64 documents, each as wide as its longest); + flash_attention_2 (without compile) when the
 flash_attn package imports (sentence-transformers 6.2 refuses it with the study's
 `attend_to_expansion_tokens: false`: the row then shows that refusal, in seconds); + torch.compile (on the
@@ -234,14 +235,13 @@ LEVERS = ("micro_batch", "attn_implementation", "document_chunk", "optim", "torc
 SWEEP_DOCUMENT_CHUNK = 64
 
 
-def sweep_configs(workers: int) -> list[tuple[str, dict]]:
-    """The sweep's configurations, each adding one lever to the one before (levers not named: params.yaml's)."""
+def sweep_configs() -> list[tuple[str, dict]]:
+    """The sweep's configurations, each adding one lever to the one before (levers not named: params.yaml's, its
+    data-loader workers among them: what they save is bench/collate.py's tokenisation time per step)."""
     fast = {"micro_batch": 16}
     configs = [("params.yaml (4 x 4)", {}), ("micro-batch 16", dict(fast))]
     fast["optim"] = "adamw_torch_fused"
     configs.append(("+ fused AdamW", dict(fast)))
-    fast["workers"] = workers
-    configs.append((f"+ {workers} workers", dict(fast)))
     fast["document_chunk"] = SWEEP_DOCUMENT_CHUNK
     configs.append((f"+ document chunks of {SWEEP_DOCUMENT_CHUNK}", dict(fast)))
     if importlib.util.find_spec("flash_attn") is not None:
@@ -625,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--document-chunk", type=int, help="train.document_chunk (documents per forward pass)")
     parser.add_argument("--optim", choices=("adamw_torch", "adamw_torch_fused"))
     parser.add_argument("--torch-compile", action="store_true")
-    parser.add_argument("--workers", type=int, help="train.args.dataloader_num_workers (sweep: 4)")
+    parser.add_argument("--workers", type=int, help="train.args.dataloader_num_workers (default: params.yaml's)")
     parser.add_argument("--model-size", choices=("base", "tiny"), default="base")
     parser.add_argument("--work", type=Path, help="folder for the model and data (default: a new temporary one)")
     parser.add_argument("--tokenizer", type=Path, default=REPO / "tests/fixtures/pylate/modernbert/base",
@@ -665,9 +665,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop_on_signal)
     signal.signal(signal.SIGINT, stop_on_signal)
     started = time.monotonic()
-    workers = min(4, os.cpu_count() or 1)
     if options.sweep:
-        configs = sweep_configs(workers)
+        configs = sweep_configs()
     else:
         levers = {"micro_batch": options.micro_batch, "attn_implementation": options.attn_implementation,
                   "document_chunk": options.document_chunk, "optim": options.optim, "torch_compile": options.torch_compile or None, "workers": options.workers}

@@ -70,8 +70,10 @@ def study_settings(study):
 
     def make(**arg_overrides) -> dict:
         settings = stage_settings(study)
+        # Batches tokenised in the test's process, as the study did (params.yaml's workers are a GPU box's speed
+        # setting; the trajectory test checks that workers change nothing).
         args = {**settings["args"], "bf16": False, "tf32": False, "logging_steps": 1, "save_steps": 1000,
-                **arg_overrides}
+                "dataloader_num_workers": 0, **arg_overrides}
         return dict(model_kwargs=settings["model_kwargs"], loss_kwargs=settings["loss_kwargs"], args=args)
 
     return make

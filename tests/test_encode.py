@@ -3,6 +3,7 @@
 
 import contextlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,31 @@ def test_a_killed_run_resumes_from_finished_shards(tmp_path, model, monkeypatch)
     np.testing.assert_array_equal(np.asarray(resumed.vectors), np.asarray(fresh.vectors))
     assert resumed.meta == fresh.meta
     assert not (tmp_path / "docs.shards").exists()
+
+
+def test_a_killed_encode_stage_resumes_after_dvc_removed_its_output(tmp_path, model, monkeypatch):
+    # The encode stage keeps its shards out of its output (data/encode_shards): DVC deletes data/embeddings before
+    # it reruns the stage.
+    real = encode_module._encode_shard
+    calls = []
+
+    def dies_on_second_shard(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    out, shards = tmp_path / "embeddings" / "set" / "documents", tmp_path / "encode_shards" / "set" / "documents"
+    out.parent.mkdir(parents=True)
+    monkeypatch.setattr(encode_module, "_encode_shard", dies_on_second_shard)
+    with pytest.raises(KeyboardInterrupt):
+        encode_to_store(model, DOC_IDS, DOCS, out, is_query=False, shard_size=2, show_progress=False, work_dir=shards)
+    shutil.rmtree(tmp_path / "embeddings")  # what `dvc repro` does first
+    monkeypatch.setattr(encode_module, "_encode_shard", real)
+    stats = encode_to_store(model, DOC_IDS, DOCS, out, is_query=False, shard_size=2, show_progress=False,
+                            work_dir=shards)
+    assert stats["reused_items"] == 2 and open_store(out).ids == DOC_IDS
+    assert not shards.exists()
 
 
 def test_shards_from_other_inputs_are_not_reused(tmp_path, model, monkeypatch):

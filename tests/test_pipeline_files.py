@@ -96,6 +96,11 @@ def test_stage_outputs_are_the_layout_the_code_writes():
     from colbench.config import LAYOUT
 
     declared = {next(iter(o)) if isinstance(o, dict) else o for spec in STAGES.values() for o in spec["outs"]}
+    scratch = ("reports", "checkpoints", "encode_shards")  # checkpoints: the train stage's own, see dvc.yaml
     for name, path in vars(LAYOUT).items():
-        if name not in ("reports", "checkpoints"):  # checkpoints: the train stage's own, see dvc.yaml
+        if name not in scratch:
             assert path in declared, f"Layout.{name} = {path} is no stage's output"
+    # What a killed stage resumes from must survive DVC deleting the stage's outputs before it reruns the stage.
+    for name in ("checkpoints", "encode_shards"):
+        inside = [out for out in declared if Path(getattr(LAYOUT, name)).is_relative_to(out)]
+        assert not inside, f"Layout.{name} is inside the declared output(s) {inside}"

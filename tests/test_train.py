@@ -109,6 +109,19 @@ def test_kd_dataset_resolves_ids_to_texts_in_stored_order():
     assert row["scores"] == pytest.approx(raw[1]["scores"][:3])
 
 
+def test_loading_the_kd_set_leaves_no_copy_in_the_datasets_cache(tmp_path, monkeypatch):
+    # At the study's size an Arrow copy of the prepared set is about 4 GB, made anew for every folder the set is
+    # prepared in (each `dvc exp run --temp`) and never removed.
+    import datasets.config
+
+    cache = tmp_path / "hf-datasets"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    folder = tmp_path / "kd"
+    shutil.copytree(KD, folder)
+    assert load_kd_dataset(folder, n_ways=3).num_rows > 0
+    assert not cache.exists() or not any(path.is_file() for path in cache.rglob("*"))
+
+
 def _corrupt(tmp_path: Path, table: str, edit) -> Path:
     folder = tmp_path / "kd"
     shutil.copytree(KD, folder)

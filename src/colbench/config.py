@@ -52,6 +52,9 @@ class Layout:
     model: str = "models/colbert"  # the evaluated checkpoint (trained here, or a pointer to an existing one)
     checkpoints: str = "models/checkpoints"  # intermediate training checkpoints, kept for resuming
     embeddings: str = "data/embeddings"  # token-embedding stores, one per dataset
+    # encode's finished shards while it runs, outside data/embeddings: DVC deletes a stage's outputs before it
+    # reruns the stage, and a killed encode resumes from these (removed once the stores are written).
+    encode_shards: str = "data/encode_shards"
     indexes: str = "data/indexes"  # Voyager indexes, one per dataset
     runs: str = "data/runs"  # TREC run files, one per dataset
     reports: str = "reports"  # tables, figures, metrics, executed notebooks

@@ -5,7 +5,8 @@ query expansion, document truncation and the punctuation skiplist all apply, exa
 time) and writes the token vectors with `colbench.store.write_store`.
 
 Resumable: the items are cut into shards of `shard_size` in input order; each finished shard is
-written atomically as npy into the sibling work folder `<out_dir>.shards/`, whose `state.json`
+written atomically as npy into a work folder (`work_dir`; by default the sibling `<out_dir>.shards/`; the
+encode stage keeps it out of its DVC output, which DVC deletes before it reruns a stage), whose `state.json`
 lists the finished shards and the key they were made with (model fingerprint, inputs hash, task,
 settings). A rerun after a kill reuses the finished shards when the key matches, and starts over
 otherwise. The shard folder is removed once the store is assembled.
@@ -178,6 +179,7 @@ def encode_to_store(
     autocast_bf16: bool = False,
     shard_size: int = 10000,
     show_progress: bool = True,
+    work_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Encode `texts` (ids in the same order) with `model` into the store at `out_dir`.
 
@@ -213,7 +215,7 @@ def encode_to_store(
     }
 
     out_dir = Path(out_dir)
-    work = out_dir.with_name(out_dir.name + ".shards")
+    work = Path(work_dir) if work_dir else out_dir.with_name(out_dir.name + ".shards")
     state_path = work / "state.json"
     state: dict[str, Any] | None = None
     if state_path.is_file():

@@ -321,8 +321,9 @@ def preview(folder: str | Path, n: int = 3):
     folder = Path(folder)
     if not (folder / "train.parquet").is_file():
         return pd.DataFrame(columns=["query_id", "document_ids", "scores", "query", "n_candidates"])
-    rows = pq.read_table(folder / "train.parquet").slice(0, n).to_pandas()
-    queries = pq.read_table(folder / "queries.parquet").to_pandas().set_index("query_id")["text"]
+    rows = next(pq.ParquetFile(folder / "train.parquet").iter_batches(batch_size=n)).to_pandas()  # not 808k rows
+    wanted = pq.read_table(folder / "queries.parquet", filters=[("query_id", "in", list(rows.query_id))])
+    queries = wanted.to_pandas().set_index("query_id")["text"]
     return rows.assign(query=rows.query_id.map(queries), n_candidates=rows.document_ids.map(len))
 
 
@@ -354,10 +355,10 @@ def _read_table(folder: Path, name: str):
     path = folder / name
     if not path.is_file():
         raise InputError(f"{path}: missing; a prepared KD folder holds {', '.join(KD_FILES)} (run the prepare stage).")
-    if pq.read_metadata(path).num_rows == 0:
-        # datasets cannot read a parquet file without rows (batch size 0); kept in memory, check_kd names it.
-        return Dataset(pq.read_table(path))
-    return Dataset.from_parquet(str(path))
+    # In memory (the study's documents take about 3 GB), not `Dataset.from_parquet`: that converts the file into an
+    # uncompressed Arrow copy in the datasets cache, kept for good and made anew for every path and modification
+    # time (each new prepare, each `dvc exp run --temp`): about 4 GB of disk each time at the study's size.
+    return Dataset(pq.read_table(path))
 
 
 def load_kd_dataset(folder: str | Path, *, n_ways: int, max_samples: int | None = None):
