@@ -29,7 +29,7 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 else
   # Not fatal (a machine may have every package), but the versions below then are the image's own.
-  echo "gpu.sh: no wheels in .whl/ (bench/wheels.sh makes them; the device tool carries them with carry=[\".whl\"])"
+  echo "gpu.sh: no wheels in .whl/ (bench/wheels.sh makes them; copy .whl/ to this machine with the repository)"
 fi
 # One tokenizer thread, as `make study` runs the pipeline (the Makefile exports it, and `python -m colbench.train`
 # sets it): with 0 data-loader workers the training process tokenises each step on one core (bench/collate.py).

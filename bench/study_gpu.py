@@ -366,7 +366,9 @@ def markdown(result: dict) -> str:
     lines += ["", f"Without training: {total['without_training']:.2f} h."]
     for key, label in (("with_fastest_training", "the fastest training configuration"),
                        ("with_params_yaml_training", "params.yaml's training configuration")):
-        if total[key] is not None:
+        if total[key] is not None and not result["complete"]:
+            lines.append(f"With {label}: more than {total[key]:.2f} h (the stages not reached are missing).")
+        elif total[key] is not None:
             verdict = "met" if total[key] <= total["target"] else "missed"
             lines.append(f"With {label}: **{total[key]:.2f} h** against the {total['target']:.0f}-hour target: {verdict}.")
     train = result["training"]

@@ -94,6 +94,9 @@ def settings(config: str, steps: int) -> dict:
         ("train.args", "max_steps"): steps,
         ("train.args", "save_steps"): steps + 1,
         ("train.args", "logging_steps"): 1,
+        # Tokenised in the training process, as PyLate's CPU training that the reference row compares with
+        # (params.yaml's 4 workers are a GPU box's setting; on 2 cores they would compete with the model).
+        ("train.args", "dataloader_num_workers"): 0,
     }
     if "n_ways" in shape:
         wanted["train.loss", "n_ways"] = shape["n_ways"]

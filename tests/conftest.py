@@ -18,6 +18,15 @@ FIXTURES = REPO / "tests" / "fixtures"
 PYLATE = FIXTURES / "pylate"
 
 
+@pytest.fixture(autouse=True)
+def empty_hub_cache(tmp_path_factory, monkeypatch):
+    """An empty Hugging Face hub cache for every test: what a developer's own cache holds (the study's data, say)
+    must not change what a test sees. huggingface_hub reads HF_HUB_CACHE once, at import."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path_factory.mktemp("hf-hub-cache")))
+
+
 @pytest.fixture(scope="session")
 def study():
     """The study's params (params.yaml as committed), as every stage reads them."""

@@ -122,7 +122,7 @@ def load_beir_folder(folder: str | Path, split: str) -> tuple[list[dict], list[d
     """Check a BEIR folder and load it: (corpus, queries with qrels, qrels rows, queries dropped).
 
     Reads the files itself rather than through beir's GenericDataLoader: the checks below need every line
-    parsed anyway (bad lines, duplicate ids, dangling qrels, with file and line in the message), and beir's
+    parsed anyway (bad lines, duplicate ids, qrels of unknown ids, with file and line in the message), and beir's
     loader would parse them a second time, with progress bars in the notebooks. The result is what beir's
     loader gives: corpus and queries in file order, a query kept only if it has a qrel in ``split``, qrels as
     in the tsv (a repeated pair once).
@@ -148,8 +148,8 @@ def load_beir_folder(folder: str | Path, split: str) -> tuple[list[dict], list[d
     if len(absent) > max(1, len(rows) // 100):
         raise InputError(f"{qrels_path}: {len(absent)} of {len(rows)} qrels reference documents not in the folder, "
                          f"e.g. {absent[0][1]!r}: the qrels and the corpus do not belong together; fix the qrels or the "
-                         "corpus file. (A few, at most 1 %, are kept as BEIR keeps them: ArguAna's test qrels name "
-                         "one document its corpus lacks.)")
+                         "corpus file. (One, or up to 1 % of the qrels, are kept as BEIR keeps them: ArguAna's test "
+                         "qrels name one document its corpus lacks.)")
     corpus = [{"_id": i, "title": r.get("title") or "", "text": r.get("text") or ""} for i, r in documents.items()]
     judged = {row[0] for row in rows}
     kept = [{"_id": q, "text": r.get("text") or ""} for q, r in queries.items() if q in judged]
@@ -165,7 +165,8 @@ def missing_documents(qrels: list[tuple[str, str, int]], documents) -> list[tupl
 
     Kept, as BEIR's loader and PyLate's evaluation keep them: a judged document no run can return, which lowers
     its query's recall and NDCG for every model alike (ArguAna's test split has one, beir-cellar/beir#101).
-    `load_beir_folder` refuses more than 1 % of the qrels: then corpus and qrels do not belong together.
+    `load_beir_folder` refuses more than one that are also more than 1 % of the qrels: then corpus and qrels do not
+    belong together.
     """
     return [row for row in qrels if row[1] not in documents]
 

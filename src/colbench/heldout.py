@@ -109,7 +109,11 @@ def make_evaluator(dataset: str | None, *, datasets_dir: str | Path | None = Non
         source = nanobeir_source
         if not Path(source).is_dir() and hub.hub_out_of_reach():
             source = str(hub.dataset_snapshot(source) or source)  # `hf download`'s copy, if any (hub.dataset_snapshot)
-        return MultiVectorNanoBEIREvaluator(dataset_names=nanobeir_subsets, dataset_id=source, batch_size=batch_size)
+        evaluator = MultiVectorNanoBEIREvaluator(dataset_names=nanobeir_subsets, dataset_id=source, batch_size=batch_size)
+        # Loaded in the constructor. The id, not where this machine found it, is what the checkpoints' configuration
+        # and the model card record: a run killed online may resume offline.
+        evaluator.dataset_id = nanobeir_source
+        return evaluator
     baseline = Path(baseline_runs) / f"{dataset}.trec" if baseline_runs else None
     return HeldOutRetrievalEvaluator(Path(datasets_dir) / dataset, name=dataset, split=split,
                                      ignore_identical_ids=ignore_identical_ids, baseline_run=baseline,

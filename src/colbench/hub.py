@@ -9,15 +9,19 @@ resource (a cache copied from a machine with internet, or a local folder named i
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import shutil
 import socket
+import ssl
 import tempfile
 import urllib.request
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
+
+import certifi
 
 from colbench.errors import InputError
 
@@ -166,7 +170,7 @@ def download_beir(name: str) -> tuple[Path, str]:
         if target.exists():
             shutil.rmtree(target)
         os.replace(unzipped, target)
-    except (OSError, zipfile.BadZipFile) as err:
+    except (OSError, http.client.HTTPException, zipfile.BadZipFile) as err:  # HTTPException: a truncated response
         raise InputError(
             f"cannot download BEIR dataset {name!r} from {url} ({type(err).__name__}: {err}). Download and unzip it "
             f"on a machine with internet into {target} (or $COLBENCH_BEIR_CACHE/{name}), or set "
@@ -183,5 +187,8 @@ def _download(url: str, path: Path) -> None:
     By hand rather than beir's ``download_url``: it calls requests without a timeout (requests then overrides the
     socket default), so a server that accepts the connection and stops answering would hang the stage forever.
     """
-    with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response, open(path, "wb") as out:
+    print(f"downloading {url}", flush=True)
+    # certifi's certificates, as requests uses: some Pythons (python.org's macOS builds) ship with none of their own.
+    context = ssl.create_default_context(cafile=certifi.where())
+    with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT, context=context) as response, open(path, "wb") as out:
         shutil.copyfileobj(response, out, 1 << 20)

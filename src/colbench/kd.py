@@ -156,9 +156,10 @@ def _hub_kd(source: str, revision: str | None) -> tuple[dict[str, pa.Table], str
                 else:
                     dataset = datasets.load_dataset(source, config, split="train", revision=revision)
         except (ConnectionError, FileNotFoundError, OSError, ValueError) as err:
+            where = (f" from its copy in the Hugging Face cache, {snapshot} (damaged? download it again)" if snapshot
+                     else " offline and it is not in the Hugging Face cache" if offline else "")
             raise InputError(
-                f"cannot load hub dataset {source!r} (config {config!r}, revision {revision or 'latest'})"
-                f"{' offline and it is not in the Hugging Face cache' if offline else ''}: {err}. "
+                f"cannot load hub dataset {source!r} (config {config!r}, revision {revision or 'latest'}){where}: {err}. "
                 f"Pre-populate the cache with `hf download --repo-type dataset {source}"
                 f"{' --revision ' + revision if revision else ''}` on a machine with internet (and copy "
                 "~/.cache/huggingface here), or point prepare.kd.source at a local folder holding "

@@ -67,7 +67,8 @@ def _how_to_provide(resource: Resource) -> str:
             f"download {hub.BEIR_URL.format(name=resource.name)}, unzip it, and set {resource.param} to that folder "
             "(or put it in $COLBENCH_BEIR_CACHE)"
         )
-    return f"set {resource.param} to a prepared dataset name, or null to skip the held-out evaluation"
+    return (f"on a machine with internet run `hf download --repo-type dataset {resource.name}` and copy the cache, or "
+            f"set {resource.param} to a prepared dataset name, or null to skip the held-out evaluation")
 
 
 def check_resources(params: Params, timeout: float = 5.0) -> list[Resource]:
