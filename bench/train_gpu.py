@@ -18,7 +18,7 @@ params.yaml by `colbench.config.load_params` (`train.model`, `train.loss`, `trai
   queries per forward pass, accumulation recomputed by `colbench.train.batch_split`),
   ``--attn-implementation`` (train.attn_implementation), ``--document-chunk N`` (train.document_chunk: each
   query's candidates longest first, the documents embedded N at a time, each chunk only as wide as its longest),
-  ``--optim adamw_torch_fused``, ``--torch-compile`` and ``--workers`` (train.args.optim / torch_compile /
+  ``--pack-documents`` (train.pack_documents), ``--optim adamw_torch_fused``, ``--torch-compile`` and ``--workers`` (train.args.optim / torch_compile /
   dataloader_num_workers).
 
 Not run: the held-out evaluator, the loss canary and checkpoints (every 5,000 steps in the study), so the
@@ -58,7 +58,9 @@ Measured per configuration, each in a fresh child process (its own compile cache
 ``--sweep`` runs, in this order, within ``--budget`` seconds: params.yaml as it is (4 x 4, sdpa, 4 data-loader
 workers; what the workers save, tokenisation in the training process, is bench/collate.py's to measure); micro-batch
 16 (one forward of 16 queries x 32 documents); + fused AdamW; + document chunks of
-64 (8 forwards of 64 documents, each as wide as its longest); + flash_attention_2 (without compile) when the
+64 (8 forwards of 64 documents, each as wide as its longest); + packed documents (``train.pack_documents``: each
+chunk's documents without their padding, `colbench.packing`; torch's variable-length flash attention on the GPU);
++ flash_attention_2 (without compile, on the document-chunk row's levers) when the
 flash_attn package imports (sentence-transformers 6.2 refuses it with the study's
 `attend_to_expansion_tokens: false`: the row then shows that refusal, in seconds); + torch.compile (on the
 document-chunk row's levers). torch.compile comes last because it is the slowest to start: it gets all the
@@ -231,7 +233,7 @@ def bf16_peak(device_name: str) -> tuple[float, str]:
 
 
 # ----------------------------------------------------------------------------------- configurations
-LEVERS = ("micro_batch", "attn_implementation", "document_chunk", "optim", "torch_compile", "workers")
+LEVERS = ("micro_batch", "attn_implementation", "document_chunk", "pack_documents", "optim", "torch_compile", "workers")
 SWEEP_DOCUMENT_CHUNK = 64
 
 
@@ -244,6 +246,7 @@ def sweep_configs() -> list[tuple[str, dict]]:
     configs.append(("+ fused AdamW", dict(fast)))
     fast["document_chunk"] = SWEEP_DOCUMENT_CHUNK
     configs.append((f"+ document chunks of {SWEEP_DOCUMENT_CHUNK}", dict(fast)))
+    configs.append(("+ packed documents", {**fast, "pack_documents": True}))
     if importlib.util.find_spec("flash_attn") is not None:
         configs.append(("+ flash_attention_2 (no compile)", {**fast, "attn_implementation": "flash_attention_2"}))
     # Last: the slowest to start, it gets whatever budget the rows above left (module docstring).
@@ -263,7 +266,7 @@ def settings(levers: dict, *, steps: int, warmup: int, cuda: bool, base_model: s
     t = params.train
     sections = {
         "train": {"base_model": t.base_model, "micro_batch": t.micro_batch, "attn_implementation": t.attn_implementation,
-                  "document_chunk": t.document_chunk},
+                  "document_chunk": t.document_chunk, "pack_documents": t.pack_documents},
         "train.loss": dataclasses.asdict(t.loss),
         "train.args": dataclasses.asdict(t.args),
     }
@@ -292,6 +295,7 @@ def settings(levers: dict, *, steps: int, warmup: int, cuda: bool, base_model: s
         "micro_batch": sections["train"]["micro_batch"],
         "attn_implementation": sections["train"]["attn_implementation"],
         "document_chunk": sections["train"]["document_chunk"],
+        "pack_documents": sections["train"]["pack_documents"],
         "model_kwargs": dataclasses.asdict(t.model),
         "loss_kwargs": sections["train.loss"],
         "args": sections["train.args"],
@@ -308,8 +312,9 @@ class TokenCounter:
     so counting adds no synchronisation to the timed steps.
     """
 
-    def __init__(self, document_chunk: int | None) -> None:
+    def __init__(self, document_chunk: int | None, packed: bool = False) -> None:
         self.document_chunk = document_chunk
+        self.packed = packed  # train.pack_documents: the encoder computes the real document tokens only
         self.micro_batches = 0
         self.query_tokens = 0  # [batch, 32]: attended tokens and [MASK] expansion, all computed and scored
         self.doc_collated = 0  # the document columns' own shapes
@@ -328,7 +333,10 @@ class TokenCounter:
 
     def document_padded(self, lengths: list[int]) -> int:
         """Token positions the encoder computes for one micro-batch's documents: one forward as wide as the
-        longest, or chunks of ``document_chunk`` rows each trimmed to its own longest (right padding)."""
+        longest, or chunks of ``document_chunk`` rows each trimmed to its own longest (right padding); packed, the
+        real tokens."""
+        if self.packed:
+            return sum(lengths)
         chunk = self.document_chunk or len(lengths)
         return sum(max(lengths[i:i + chunk]) * len(lengths[i:i + chunk]) for i in range(0, len(lengths), chunk))
 
@@ -362,7 +370,7 @@ def run_config(spec: dict) -> dict:
 
     cuda = spec["device"] == "cuda"
     warmup, steps, max_seconds = spec["warmup_steps"], spec["steps"], spec["max_seconds"]
-    counter = TokenCounter(spec["settings"]["document_chunk"])
+    counter = TokenCounter(spec["settings"]["document_chunk"], spec["settings"]["pack_documents"])
     build_kd_loss = colbench.loss.build_kd_loss
 
     def counted_loss(model, **kwargs):
@@ -429,7 +437,8 @@ def run_config(spec: dict) -> dict:
         kd_dir=spec["kd_dir"], output_dir=work / "model", checkpoints_dir=work / "checkpoints", log_path=work / "log.json",
         base_model=setup["base_model"], model_kwargs=setup["model_kwargs"], loss_kwargs=setup["loss_kwargs"],
         args=setup["args"], seed=setup["seed"], micro_batch=setup["micro_batch"],
-        attn_implementation=setup["attn_implementation"], document_chunk=setup["document_chunk"], callbacks=[clock])
+        attn_implementation=setup["attn_implementation"], document_chunk=setup["document_chunk"],
+        pack_documents=setup["pack_documents"], callbacks=[clock])
     wall = time.perf_counter() - started
     if not clock.timed:
         raise RuntimeError("no timed steps: raise --steps or --max-seconds")
@@ -552,6 +561,7 @@ def markdown(result: dict) -> str:
         split, tok = row["batch_split"], row["tokens_per_step"]
         mfu = f"{row['mfu']:.1%} / {row['padded_mfu']:.1%}" if row["mfu"] is not None else "(cpu)"
         chunks = f", documents {split['document_chunk']} at a time" if split.get("document_chunk") else ""
+        chunks += ", packed" if split.get("pack_documents") else ""
         memory = (f"{row['gpu_memory_peak_gib']:.1f} / {row['gpu_memory_reserved_peak_gib']:.1f}"
                   if row.get("gpu_memory_reserved_peak_gib") is not None else num(row["gpu_memory_peak_gib"], ".1f"))
         status = "ok"
@@ -623,6 +633,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--micro-batch", type=int, help="train.micro_batch (queries per forward pass)")
     parser.add_argument("--attn-implementation", choices=("sdpa", "eager", "flash_attention_2"))
     parser.add_argument("--document-chunk", type=int, help="train.document_chunk (documents per forward pass)")
+    parser.add_argument("--pack-documents", action="store_true", help="train.pack_documents (no padding computed)")
     parser.add_argument("--optim", choices=("adamw_torch", "adamw_torch_fused"))
     parser.add_argument("--torch-compile", action="store_true")
     parser.add_argument("--workers", type=int, help="train.args.dataloader_num_workers (default: params.yaml's)")
@@ -669,7 +680,8 @@ def main(argv: list[str] | None = None) -> int:
         configs = sweep_configs()
     else:
         levers = {"micro_batch": options.micro_batch, "attn_implementation": options.attn_implementation,
-                  "document_chunk": options.document_chunk, "optim": options.optim, "torch_compile": options.torch_compile or None, "workers": options.workers}
+                  "document_chunk": options.document_chunk, "pack_documents": options.pack_documents or None,
+                  "optim": options.optim, "torch_compile": options.torch_compile or None, "workers": options.workers}
         levers = {k: v for k, v in levers.items() if v is not None}
         configs = [(", ".join(f"{k}={v}" for k, v in levers.items()) or "params.yaml (4 x 4)", levers)]
 

@@ -556,13 +556,13 @@ def test_an_existing_checkpoint_is_recorded_not_trained(tmp_path):
 
 # ------------------------------------------------------------------ the study's software, step by step
 @pytest.mark.parametrize("speed_levers", [False, True, "compiled"],
-                         ids=["as_the_study", "one_forward_chunks_and_workers", "compiled_fused_adamw"])
+                         ids=["as_the_study", "one_forward_chunks_packed_and_workers", "compiled_fused_adamw"])
 def test_three_training_steps_follow_the_study_softwares_trajectory(tmp_path, kd_folder, study_settings, speed_levers):
     # PyLate 1.1.4 / sentence-transformers 3.3.0 trained pylate-colbert/ for 3 steps (trajectory.json); the train
     # stage's entry point (run_training, as notebooks/02_train.ipynb calls it) from the same checkpoint matches,
-    # also with #12's levers: the step's queries in one forward pass, their documents embedded in chunks, the
-    # batches tokenised by two data-loader worker processes; and the model compiled (torch.compile), the optimizer
-    # fused AdamW.
+    # also with #12's levers: the step's queries in one forward pass, their documents embedded in chunks without
+    # their padding (packed), the batches tokenised by two data-loader worker processes; and the model compiled
+    # (torch.compile), the optimizer fused AdamW.
     from sentence_transformers import MultiVectorEncoder
 
     from colbench.train import run_training
@@ -577,7 +577,7 @@ def test_three_training_steps_follow_the_study_softwares_trajectory(tmp_path, kd
     settings["loss_kwargs"]["n_ways"] = trajectory["n_ways"]
     if speed_levers:
         settings.update(micro_batch=recipe["per_device_train_batch_size"] * recipe["gradient_accumulation_steps"],
-                        document_chunk=4)
+                        document_chunk=4, pack_documents=speed_levers is True)
         settings["args"]["dataloader_num_workers"] = 2
     if speed_levers == "compiled":
         settings["args"].update(torch_compile=True, optim="adamw_torch_fused", dataloader_num_workers=0)

@@ -159,6 +159,7 @@ class Train:
     micro_batch: int | None = field(default=None, metadata=_check(lambda v: v > 0, "null or > 0"))
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = None
     document_chunk: int | None = field(default=None, metadata=_check(lambda v: v > 0, "null or > 0"))
+    pack_documents: bool = False
 
 
 @dataclass(frozen=True)

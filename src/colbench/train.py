@@ -373,6 +373,7 @@ def build_trainer(
     micro_batch: int | None = None,
     attn_implementation: str | None = None,
     document_chunk: int | None = None,
+    pack_documents: bool = False,
     canary: dict[str, Any] | None = None,
     evaluator=None,
     eval_steps: int | None = None,
@@ -401,6 +402,10 @@ def build_trainer(
         check_model_settings(model, model_kwargs, init_checkpoint)
     else:
         model = build_colbert(base_model, **model_kwargs, seed=seed, attn_implementation=attn_implementation)
+    if pack_documents:
+        from colbench.packing import pack_documents as pack
+
+        pack(model)
     # 2. Data: validated before any training step.
     manifest = kd_manifest(kd_dir)
     dataset = load_kd_dataset(kd_dir, n_ways=n_ways, max_samples=max_samples)
@@ -421,6 +426,7 @@ def build_trainer(
         "args": {k: v for k, v in args.items() if k not in RESUME_NEUTRAL_KEYS},
         "attn_implementation": attn_implementation,  # numerics: the same steps, other rounding
         "document_chunk": document_chunk,
+        "pack_documents": pack_documents,
         "canary": canary,
         "heldout": {"evaluator": evaluator_identity(evaluator), "eval_steps": eval_steps},
         "seed": seed,
@@ -510,7 +516,8 @@ def train(*, output_dir: str | Path, provenance_extra: dict[str, Any] | None = N
             "resolved_precision": {"bf16": trainer.args.bf16, "tf32": trainer.args.tf32},
             "batch_split": {"micro_batch": trainer.args.per_device_train_batch_size,
                             "accumulation": trainer.args.gradient_accumulation_steps,
-                            "document_chunk": settings.get("document_chunk")},
+                            "document_chunk": settings.get("document_chunk"),
+                            "pack_documents": settings.get("pack_documents", False)},
             "seed": settings["seed"],
             "max_samples": settings.get("max_samples"),
             "world_size": trainer.args.world_size,
@@ -555,7 +562,8 @@ def stage_settings(params) -> dict[str, Any]:
         model_kwargs=dataclasses.asdict(spec.model), loss_kwargs=dataclasses.asdict(spec.loss),
         args=dataclasses.asdict(spec.args), seed=spec.seed, init_checkpoint=spec.init_checkpoint,
         micro_batch=spec.micro_batch, attn_implementation=spec.attn_implementation, document_chunk=spec.document_chunk,
-        canary=dataclasses.asdict(spec.canary) if spec.canary else None, eval_steps=spec.eval.steps,
+        pack_documents=spec.pack_documents, canary=dataclasses.asdict(spec.canary) if spec.canary else None,
+        eval_steps=spec.eval.steps,
         evaluator_kwargs=evaluator_settings(params), distributed=spec.distributed, num_processes=spec.num_processes,
     )
 

@@ -1,0 +1,53 @@
+"""train.pack_documents: ModernBERT's documents without their padding give the embeddings of the padded batch.
+
+The training loss with packing is checked against the study software's trajectory in
+tests/test_train.py::test_three_training_steps_follow_the_study_softwares_trajectory.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from colbench import packing
+from colbench.errors import InputError
+from colbench.model import build_colbert
+
+FIXTURES = Path(__file__).parent / "fixtures" / "pylate"
+STUDY_MODEL = dict(embedding_dim=16, query_length=32, document_length=180, query_prefix="[Q] ", document_prefix="[D] ",
+                   query_expansion=True, attend_to_expansion_tokens=False, skiplist="punctuation")
+
+
+def test_packed_documents_embed_as_the_padded_batch(monkeypatch):
+    # One batch of documents from 3 to 150 words: the longer ones exceed ModernBERT's local window (64 tokens each
+    # side), so the local layers' window is exercised too.
+    model = build_colbert(str(FIXTURES / "modernbert" / "base"), **STUDY_MODEL, seed=1)
+    packed = copy.deepcopy(model)
+    packing.pack_documents(packed)
+    attended = []
+    real = packing._one_document
+    monkeypatch.setattr(packing, "_one_document", lambda *args: attended.append(1) or real(*args))
+    rng = random.Random(0)
+    words = "the of river city water energy, approximately temperature. model data 1987 symptoms".split()
+    documents = [" ".join(rng.choice(words) for _ in range(n)) for n in (3, 40, 150, 90, 7, 120)]
+
+    padded_vectors = model.encode_document(documents, convert_to_numpy=True)
+    packed_vectors = packed.encode_document(documents, convert_to_numpy=True)
+    assert len(attended) == 2 * len(documents)  # per document, in each of the two layers: the batch was packed
+    for padded, unpadded in zip(padded_vectors, packed_vectors, strict=True):
+        assert padded.shape == unpadded.shape
+        np.testing.assert_allclose(unpadded, padded, atol=1e-5, rtol=0)
+    queries = ["what is a river", "city water"]  # queries keep their padded forward (the [MASK] expansion)
+    for padded, unpadded in zip(model.encode_query(queries, convert_to_numpy=True),
+                                packed.encode_query(queries, convert_to_numpy=True), strict=True):
+        np.testing.assert_array_equal(unpadded, padded)
+
+
+def test_packing_another_architecture_is_refused():
+    model = build_colbert(str(FIXTURES / "bert" / "base"), **STUDY_MODEL, seed=1)
+    with pytest.raises(InputError, match=r"train.pack_documents: packing is written for ModernBERT, not 'bert'"):
+        packing.pack_documents(model)
