@@ -39,6 +39,7 @@ def test_the_study_and_the_demo_params_load():
         (lambda d: d["train"].update(micro_batch=3), "does not divide the optimizer step of 16 queries"),
         (lambda d: d["train"].update(distributed="ddp", num_processes=3), "does not divide the optimizer step of 16"),
         (lambda d: d["train"].update(attn_implementation="flash_attention_2"), "flash_attention_2 needs train.model.attend_to_expansion_tokens"),
+        (lambda d: d["train"].update(pack_documents=True, attn_implementation="eager"), "train.pack_documents brings its own attention"),
         (lambda d: d["train"]["args"].update(save_total_limit=1), "train.args.save_total_limit is 1; it must be >= 2"),
         (lambda d: d["retrieve"].update(k=10), "retrieve.k is 10, but metrics are computed down to rank 100"),
         (lambda d: d["retrieve"].update(ef_search=16), "retrieve.ef_search has 16, below retrieve.tokens_per_query_token (100)"),

@@ -85,17 +85,22 @@ def test_result_does_not_depend_on_batching(tmp_path, model, batch_size):
     np.testing.assert_allclose(a.vectors, b.vectors, atol=1e-5, rtol=0)
 
 
-def test_a_killed_run_resumes_from_finished_shards(tmp_path, model, monkeypatch):
-    real = encode_module._encode_shard
-    calls = []
+def killed_at_shard(number: int):
+    """`encode._encode_shard` that encodes the shards before shard ``number`` (from 1), then is killed."""
+    real, calls = encode_module._encode_shard, []
 
-    def dies_on_third_shard(*args, **kwargs):
+    def encode_shard(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == number:
             raise KeyboardInterrupt("killed")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(encode_module, "_encode_shard", dies_on_third_shard)
+    return encode_shard
+
+
+def test_a_killed_run_resumes_from_finished_shards(tmp_path, model, monkeypatch):
+    real = encode_module._encode_shard
+    monkeypatch.setattr(encode_module, "_encode_shard", killed_at_shard(3))
     with pytest.raises(KeyboardInterrupt):
         encode_to_store(model, DOC_IDS, DOCS, tmp_path / "docs", is_query=False, shard_size=2, show_progress=False)
     assert not (tmp_path / "docs").exists()
@@ -118,17 +123,9 @@ def test_a_killed_encode_stage_resumes_after_dvc_removed_its_output(tmp_path, mo
     # The encode stage keeps its shards out of its output (data/encode_shards): DVC deletes data/embeddings before
     # it reruns the stage.
     real = encode_module._encode_shard
-    calls = []
-
-    def dies_on_second_shard(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed")
-        return real(*args, **kwargs)
-
     out, shards = tmp_path / "embeddings" / "set" / "documents", tmp_path / "encode_shards" / "set" / "documents"
     out.parent.mkdir(parents=True)
-    monkeypatch.setattr(encode_module, "_encode_shard", dies_on_second_shard)
+    monkeypatch.setattr(encode_module, "_encode_shard", killed_at_shard(2))
     with pytest.raises(KeyboardInterrupt):
         encode_to_store(model, DOC_IDS, DOCS, out, is_query=False, shard_size=2, show_progress=False, work_dir=shards)
     shutil.rmtree(tmp_path / "embeddings")  # what `dvc repro` does first
@@ -141,14 +138,7 @@ def test_a_killed_encode_stage_resumes_after_dvc_removed_its_output(tmp_path, mo
 
 def test_shards_from_other_inputs_are_not_reused(tmp_path, model, monkeypatch):
     real = encode_module._encode_shard
-
-    def dies_on_second_shard(*args, _calls=[], **kwargs):  # noqa: B006 - a per-test counter
-        _calls.append(1)
-        if len(_calls) == 2:
-            raise KeyboardInterrupt("killed")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(encode_module, "_encode_shard", dies_on_second_shard)
+    monkeypatch.setattr(encode_module, "_encode_shard", killed_at_shard(2))
     with pytest.raises(KeyboardInterrupt):
         encode_to_store(model, DOC_IDS, DOCS, tmp_path / "docs", is_query=False, shard_size=4, show_progress=False)
     monkeypatch.setattr(encode_module, "_encode_shard", real)

@@ -269,6 +269,9 @@ def _cross_check(params: Params, source: Path) -> None:
         raise InputError(f"{source}: train.attn_implementation flash_attention_2 needs "
                          "train.model.attend_to_expansion_tokens: true, which is another model than the study's; "
                          "use sdpa (null) with the study's settings.")
+    if params.train.pack_documents and params.train.attn_implementation:
+        raise InputError(f"{source}: train.pack_documents brings its own attention (per document, packed); set "
+                         "train.attn_implementation to null, or pack_documents to false.")
     if params.train.checkpoint and params.train.init_checkpoint:
         raise InputError(f"{source}: train.checkpoint (evaluate it, train nothing) and train.init_checkpoint (train "
                          "it further) are both set: keep one.")
