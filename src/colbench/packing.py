@@ -5,8 +5,8 @@ In transformers 5 ModernBERT runs every padded position through all its layers, 
 implementation (4.x dropped the padding inside the model with flash attention). Packed, a batch of documents is
 one row of its real tokens, each document with its own positions (0, 1, ...) and attending only to itself, within
 ModernBERT's local window on the local layers: every layer then computes real tokens only, and the attention runs
-per document (torch's variable-length flash attention on a GPU, ``torch.nn.attention.varlen``; one small
-attention per document elsewhere). The output is put back in the padded layout the rest of the model expects.
+per document (torch's variable-length flash attention on a GPU in bf16/fp16, ``torch.nn.attention.varlen``; one
+small attention per document elsewhere). The output is put back in the padded layout the rest of the model expects.
 
 Written here because neither library does it for this model: sentence-transformers pads each batch, and
 transformers packs sequences only for its flash-attention kernels (the flash-attn package, absent from the
@@ -104,7 +104,8 @@ def packed_attention(module, query, key, value, attention_mask, *, scaling=None,
     # ModernBERT passes its local window + 1 (flash attention's convention): a token sees |i - j| <= window.
     window = -1 if sliding_window is None else sliding_window - 1
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (tokens, heads, head_dim)
-    if query.is_cuda and _varlen() is not None:
+    if query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and _varlen() is not None:
+        q, k, v = (t.contiguous() for t in (q, k, v))  # flash attention's layout, whatever the strides it accepts
         out = _varlen()(q, k, v, cu_seq_lens_q, cu_seq_lens_q, max_length_q, max_length_q, scale=scaling,
                         window_size=(window, window))
     else:
