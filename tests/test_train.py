@@ -444,7 +444,8 @@ def test_ddp_on_two_cpu_processes_keeps_the_step_and_the_losses_of_one_process(t
     )
     assert result.returncode == 0, result.stderr[-3000:]
     record = read_json(Path(config["output_dir"]) / "colbench_train.json")
-    assert record["world_size"] == 2 and record["batch_split"] == {"micro_batch": 2, "accumulation": 1, "document_chunk": None}
+    assert record["world_size"] == 2
+    assert record["batch_split"] == {"micro_batch": 2, "accumulation": 1, "document_chunk": None, "pack_documents": False}
     digests = record["replica_parameter_sha256"]  # each rank hashed its own parameters
     assert len(digests) == 2 and digests[0] == digests[1] == record["parameter_sha256"]
     assert parameter_sha256(MultiVectorEncoder(config["output_dir"])) == record["parameter_sha256"]
