@@ -88,6 +88,7 @@ bench-retrieval: install
 
 bench-train: install
 	python bench/train_cpu.py
+	python bench/packing_cpu.py
 
 # The GPU benchmarks (training levers, the study's other stages): one command, about 6 minutes on one H200.
 bench-gpu: install

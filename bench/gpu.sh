@@ -38,7 +38,7 @@ export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_
   compilers=$(command -v cc gcc | tr '\n' ' ')  # as `which cc gcc`, where `which` itself may be missing
   echo "gpu.sh: run $RUN_ID, results into $OUT_DIR; C compiler (torch.compile's inductor needs one): ${compilers:-NONE}"
   $PY - "$BENCH_ARGS" <<'PY' || exit 1
-import importlib.metadata as m, sys, torch
+import importlib.metadata as m, pathlib, sys, sysconfig, torch
 def version(name):
     try:
         return m.version(name)
@@ -48,6 +48,8 @@ names = ("torch", "triton", "transformers", "sentence-transformers", "datasets",
          "pytrec-eval-terrier", "pyarrow")
 print("versions:", ", ".join(f"{n} {version(n)}" for n in names), "| torch CUDA", torch.version.cuda,
       "| cuda available:", torch.cuda.is_available(), flush=True)
+headers = pathlib.Path(sysconfig.get_paths()["include"], "Python.h").is_file()  # triton builds its launcher with them
+print("Python headers (torch.compile's row needs them):", "found" if headers else "MISSING", flush=True)
 import sentence_transformers, colbench.train  # training's imports: fail here, in seconds, if one is missing
 if not torch.cuda.is_available() and "--smoke" not in sys.argv[1].split():
     sys.exit("gpu.sh: no CUDA device visible: nothing run, no result removed (BENCH_ARGS=--smoke for a CPU check)")

@@ -29,15 +29,17 @@ def test_packed_documents_embed_as_the_padded_batch(monkeypatch):
     packed = copy.deepcopy(model)
     packing.pack_documents(packed)
     attended = []
-    real = packing._one_document
-    monkeypatch.setattr(packing, "_one_document", lambda *args: attended.append(1) or real(*args))
+    real = packing._padded_attention
+    monkeypatch.setattr(packing, "_padded_attention", lambda q, *args: attended.append(len(q)) or real(q, *args))
     rng = random.Random(0)
     words = "the of river city water energy, approximately temperature. model data 1987 symptoms".split()
     documents = [" ".join(rng.choice(words) for _ in range(n)) for n in (3, 40, 150, 90, 7, 120)]
 
+    real_tokens = []  # what the padded batch attends: its real tokens
+    model[0].register_forward_pre_hook(lambda module, args: real_tokens.append(int(args[0]["attention_mask"].sum())))
     padded_vectors = model.encode_document(documents, convert_to_numpy=True)
     packed_vectors = packed.encode_document(documents, convert_to_numpy=True)
-    assert len(attended) == 2 * len(documents)  # per document, in each of the two layers: the batch was packed
+    assert attended == real_tokens * 2  # the batch's real tokens only, in each of the two layers
     for padded, unpadded in zip(padded_vectors, packed_vectors, strict=True):
         assert padded.shape == unpadded.shape
         np.testing.assert_allclose(unpadded, padded, atol=1e-5, rtol=0)

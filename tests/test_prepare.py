@@ -171,7 +171,7 @@ def test_offline_the_set_hf_download_cached_is_prepared(tmp_path, monkeypatch):
     # The route the offline error and `make study`'s resource check give: `hf download` elsewhere, the cache copied
     # here. Offline, datasets loads a hub id only from its own Arrow cache, which `hf download` does not fill.
     hub_cache_holding(tmp_path, monkeypatch, "lightonai/ms-marco-en-bge", MSMARCO, REV, pinned=True)
-    assert hub.in_hf_cache("lightonai/ms-marco-en-bge", "dataset", REV)  # what the resource check sees
+    assert hub.cached_snapshot("lightonai/ms-marco-en-bge", "dataset", REV)  # what the resource check sees
     manifest = kd.prepare_kd("lightonai/ms-marco-en-bge", tmp_path / "kd", **kd_kwargs(revision=REV))
     assert manifest["revision"] == REV and manifest["n_train"] == 12
 

@@ -108,7 +108,7 @@ def make_evaluator(dataset: str | None, *, datasets_dir: str | Path | None = Non
 
         source = nanobeir_source
         if not Path(source).is_dir() and hub.hub_out_of_reach():
-            source = str(hub.dataset_snapshot(source) or source)  # `hf download`'s copy, if any (hub.dataset_snapshot)
+            source = str(hub.cached_snapshot(source, "dataset") or source)  # `hf download`'s copy, if any
         evaluator = MultiVectorNanoBEIREvaluator(dataset_names=nanobeir_subsets, dataset_id=source, batch_size=batch_size)
         # Loaded in the constructor. The id, not where this machine found it, is what the checkpoints' configuration
         # and the model card record: a run killed online may resume offline.

@@ -113,28 +113,17 @@ def model_snapshot(hub_id: str, what: str) -> str:
     return snapshot_download(hub_id, ignore_patterns=ignore)
 
 
-def in_hf_cache(repo_id: str, repo_type: str = "model", revision: str | None = None) -> bool:
-    """Whether the Hugging Face cache holds ``repo_id`` (at ``revision``), without contacting the hub."""
-    from huggingface_hub import snapshot_download
+def cached_snapshot(repo_id: str, repo_type: str = "model", revision: str | None = None) -> Path | None:
+    """The folder of ``repo_id`` (at ``revision``) in the Hugging Face hub cache, or None; never contacts the hub.
 
-    try:
-        snapshot_download(repo_id, repo_type=repo_type, revision=revision, local_files_only=True)
-        return True
-    except Exception:  # noqa: BLE001 - any failure here means "not cached"
-        return False
-
-
-def dataset_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
-    """The folder of hub dataset ``repo_id`` (at ``revision``) in the Hugging Face hub cache, or None.
-
-    What `hf download --repo-type dataset` fills. Offline, datasets 5 loads a hub *id* only from its own Arrow
-    cache (a dataset this machine loaded before, online), never from this folder; given the folder itself, it
-    reads it like any local dataset folder, the configs named by its card. Its name is the commit.
+    What `hf download` fills. Offline, datasets 5 loads a hub dataset *id* only from its own Arrow cache (a dataset
+    this machine loaded before, online), never from this folder; given the folder itself, it reads it like any
+    local dataset folder, the configs named by its card. Its name is the commit.
     """
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id, repo_type="dataset", revision=revision, local_files_only=True))
+        return Path(snapshot_download(repo_id, repo_type=repo_type, revision=revision, local_files_only=True))
     except Exception:  # noqa: BLE001 - any failure here means "not cached"
         return None
 

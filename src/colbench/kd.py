@@ -145,7 +145,7 @@ def _hub_kd(source: str, revision: str | None) -> tuple[dict[str, pa.Table], str
     import datasets
 
     offline = hub.hub_out_of_reach()
-    snapshot = hub.dataset_snapshot(source, revision) if offline else None  # `hf download`'s copy, if any
+    snapshot = hub.cached_snapshot(source, "dataset", revision) if offline else None  # `hf download`'s copy, if any
     tables, hashes = {}, set()
     for config in KD_COLUMNS:
         try:

@@ -4,9 +4,10 @@ computed on real tokens only.
 In transformers 5 ModernBERT runs every padded position through all its layers, whatever the attention
 implementation (4.x dropped the padding inside the model with flash attention). Packed, a batch of documents is
 one row of its real tokens, each document with its own positions (0, 1, ...) and attending only to itself, within
-ModernBERT's local window on the local layers: every layer then computes real tokens only, and the attention runs
-per document (torch's variable-length flash attention on a GPU in bf16/fp16, ``torch.nn.attention.varlen``; one
-small attention per document elsewhere). The output is put back in the padded layout the rest of the model expects.
+ModernBERT's local window on the local layers. Every layer then computes real tokens only; the attention runs per
+document, with torch's variable-length flash attention on a GPU in bf16/fp16 (``torch.nn.attention.varlen``), else
+as one padded attention (the padding only there). The output is put back in the padded layout the rest of the model
+expects.
 
 Written here because neither library does it for this model: sentence-transformers pads each batch, and
 transformers packs sequences only for its flash-attention kernels (the flash-attn package, absent from the
@@ -109,18 +110,31 @@ def packed_attention(module, query, key, value, attention_mask, *, scaling=None,
         out = _varlen()(q, k, v, cu_seq_lens_q, cu_seq_lens_q, max_length_q, max_length_q, scale=scaling,
                         window_size=(window, window))
     else:
-        out = torch.cat([_one_document(q[a:b], k[a:b], v[a:b], scaling, window)
-                         for a, b in zip(cu_seq_lens_q[:-1].tolist(), cu_seq_lens_q[1:].tolist())])
+        out = _padded_attention(q, k, v, cu_seq_lens_q, max_length_q, scaling, window)
     return out[None], None
 
 
-def _one_document(q, k, v, scale, window):
-    q, k, v = (t.transpose(0, 1) for t in (q, k, v))  # (heads, tokens, head_dim)
-    mask = None
-    if window >= 0:
-        positions = torch.arange(q.shape[1], device=q.device)
-        mask = (positions[:, None] - positions[None, :]).abs() <= window
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale).transpose(0, 1)
+def _padded_attention(q, k, v, cu_seq_lens, longest, scale, window):
+    """Where no variable-length kernel runs: one SDPA over the documents side by side, each padded to the longest.
+    Only the attention sees the padding; the layers around it still compute real tokens only."""
+    cu_seq_lens = cu_seq_lens.long()
+    lengths = cu_seq_lens.diff()
+    document = torch.repeat_interleave(torch.arange(len(lengths), device=q.device), lengths)
+    position = torch.arange(q.shape[0], device=q.device) - cu_seq_lens[document]
+
+    def padded(tokens):  # (tokens, heads, head_dim) -> (documents, heads, longest, head_dim)
+        out = tokens.new_zeros(len(lengths), longest, *tokens.shape[1:])
+        out[document, position] = tokens
+        return out.transpose(1, 2)
+
+    columns = torch.arange(longest, device=q.device)
+    real = columns < lengths[:, None]  # (documents, longest)
+    seen = ((columns[:, None] - columns[None, :]).abs() <= window if window >= 0
+            else torch.ones(longest, longest, dtype=torch.bool, device=q.device))
+    # Padding rows see every real key: some SDPA kernels give NaN for a row that sees none, and gradients spread it.
+    mask = real[:, None, None, :] & (seen | ~real[:, None, :, None])
+    out = F.scaled_dot_product_attention(padded(q), padded(k), padded(v), attn_mask=mask, scale=scale)
+    return out.transpose(1, 2)[document, position]
 
 
 def _varlen():

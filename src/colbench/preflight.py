@@ -85,7 +85,7 @@ def check_resources(params: Params, timeout: float = 5.0) -> list[Resource]:
             return hub.beir_cached(res.name) or up.setdefault("beir", hub.reachable(hub.BEIR_URL, timeout))
         revision = params.prepare.kd.revision if res.param == "prepare.kd.source" else None
         repo_type = "model" if res.kind == "model" else "dataset"
-        if hub.in_hf_cache(res.name, repo_type, revision):
+        if hub.cached_snapshot(res.name, repo_type, revision):
             return True
         return not offline and up.setdefault("hub", hub.reachable(hub.hub_url(), timeout))
 
