@@ -84,10 +84,13 @@ def measure(size: str, n_documents: int, repeats: int, work: Path) -> dict:
         model[0].model.layers[0].register_forward_pre_hook(
             lambda module, args, kwargs: computed.append((args or [kwargs.get("hidden_states")])[0].shape[:2].numel()),
             with_kwargs=True)
-        runs = [forward_backward(model, texts) for _ in range(repeats + 1)][1:]  # the first warms up
-        outputs[name] = runs[-1][2:]
-        rows[name] = {"forward_s": round(statistics.median(r[0] for r in runs), 3),
-                      "backward_s": round(statistics.median(r[1] for r in runs), 3), "computed_tokens": computed[-1]}
+        timings = []
+        for run in range(repeats + 1):
+            forward, backward, *outputs[name] = forward_backward(model, texts)  # the last run's outputs only
+            if run:  # the first warms up
+                timings.append((forward, backward))
+        rows[name] = {"forward_s": round(statistics.median(t[0] for t in timings), 3),
+                      "backward_s": round(statistics.median(t[1] for t in timings), 3), "computed_tokens": computed[-1]}
         rows[name]["total_s"] = round(rows[name]["forward_s"] + rows[name]["backward_s"], 3)
     (padded_embeddings, padded_grads), (packed_embeddings, packed_grads) = outputs["padded"], outputs["packed"]
     gradient_gap = max(float((packed_grads[k] - g).norm() / g.norm().clamp_min(1e-30)) for k, g in padded_grads.items())

@@ -633,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--micro-batch", type=int, help="train.micro_batch (queries per forward pass)")
     parser.add_argument("--attn-implementation", choices=("sdpa", "eager", "flash_attention_2"))
     parser.add_argument("--document-chunk", type=int, help="train.document_chunk (documents per forward pass)")
-    parser.add_argument("--pack-documents", action="store_true", help="train.pack_documents (no padding computed)")
+    parser.add_argument("--pack-documents", action="store_true", help="train.pack_documents (no padding computed outside attention)")
     parser.add_argument("--optim", choices=("adamw_torch", "adamw_torch_fused"))
     parser.add_argument("--torch-compile", action="store_true")
     parser.add_argument("--workers", type=int, help="train.args.dataloader_num_workers (default: params.yaml's)")
