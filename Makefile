@@ -90,7 +90,7 @@ bench-train: install
 	python bench/train_cpu.py
 	python bench/packing_cpu.py
 
-# The GPU benchmarks (training levers, the study's other stages): one command, about 6 minutes on one H200.
+# The GPU benchmarks (training levers, the study's other stages): one command, at most 7.5 minutes on one H200 (it ends itself by 450 s).
 bench-gpu: install
 	bash bench/gpu.sh
 

@@ -44,6 +44,10 @@ def test_the_study_and_the_demo_params_load():
         (lambda d: d["retrieve"].update(k=10), "retrieve.k is 10, but metrics are computed down to rank 100"),
         (lambda d: d["retrieve"].update(ef_search=16), "retrieve.ef_search has 16, below retrieve.tokens_per_query_token (100)"),
         (lambda d: d["retrieve"].update(tradeoff_ef_search=[32, 200]), "retrieve.tradeoff_ef_search has 32, below"),
+        (lambda d: d["base"].update(seed=-1), "base.seed is -1"),
+        (lambda d: d["report"]["reference_ndcg10"].update(fiqa=0.3986), "report.reference_ndcg10.fiqa is 0.3986: give"),
+        (lambda d: d["report"]["reference_ndcg10"].update(fiqa2=39.86), "report.reference_ndcg10 has 'fiqa2', which is"),
+        (lambda d: d["train"].update(seed=2**32), "train.seed is 4294967296"),
     ],
 )
 def test_a_wrong_key_or_value_is_named(edited_params, edit, message):
@@ -66,6 +70,17 @@ def test_a_file_that_is_not_a_mapping_is_refused(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("- base\n- train\n")
     with pytest.raises(InputError, match="must be a mapping of sections"):
+        load_params(path)
+
+
+def test_a_key_given_twice_is_refused_by_line(tmp_path):
+    # PyYAML would keep the second silently; DVC refuses the file.
+    path = tmp_path / "params.yaml"
+    study = (ROOT / "params.yaml").read_text(encoding="utf-8")
+    path.write_text(study.replace("  args:\n", "  args:\n    learning_rate: 1.0e-4\n", 1), encoding="utf-8")
+    added = study[:study.index("  args:\n")].count("\n") + 2  # the line after args:, where the study's comes next
+    with pytest.raises(InputError, match=rf"params.yaml:{added + 1}: the key 'learning_rate' appears twice in one "
+                                         rf"section \(first on line {added}\)"):
         load_params(path)
 
 

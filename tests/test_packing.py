@@ -53,3 +53,12 @@ def test_packing_another_architecture_is_refused():
     model = build_colbert(str(FIXTURES / "bert" / "base"), **STUDY_MODEL, seed=1)
     with pytest.raises(InputError, match=r"train.pack_documents: packing is written for ModernBERT, not 'bert'"):
         packing.pack_documents(model)
+
+
+def test_a_gpu_without_the_variable_length_kernel_is_warned_of(monkeypatch):
+    # torch < 2.9 on a GPU: packing still computes the same embeddings, but pads inside the attention.
+    model = build_colbert(str(FIXTURES / "modernbert" / "base"), **STUDY_MODEL, seed=1)
+    monkeypatch.setattr(packing, "_varlen", lambda: None)
+    monkeypatch.setattr(packing.torch.cuda, "is_available", lambda: True)
+    with pytest.warns(UserWarning, match=r"no variable-length attention .* Install torch >= 2.9"):
+        packing.pack_documents(model)

@@ -176,3 +176,13 @@ def test_the_study_table_shows_the_other_identical_id_protocol_and_what_it_remov
     summary = report.reproduction_summary(table, "study")
     assert "identical ids kept" in summary and "With identical ids dropped: 50.00" in summary
     assert "Hits removed: 0 by the reported protocol, 2 by the other." in summary
+
+
+def test_a_baseline_folder_that_does_not_exist_is_refused_not_skipped(tmp_path, edited_params):
+    # A typo in report.baseline used to drop the per-query comparison the user asked for, without a word.
+    from colbench.config import load_params
+
+    params = load_params(edited_params(lambda d: d["report"].update(baseline="exp-baseline/data/runz")))
+    with pytest.raises(InputError, match=r"report.baseline is 'exp-baseline/data/runz', but .*runz/fiqa.trec does "
+                                         r"not exist"):
+        report.per_query_against_baseline(params, "fiqa")

@@ -299,6 +299,9 @@ def _score(value):
         (_line("train", 1, _score(float("nan"))), r"1 non-finite score\(s\) \(NaN/inf\), e.g. in query '501'"),
         (_line("train", 1, _score(float("-inf"))), r"1 non-finite score\(s\) \(NaN/inf\), e.g. in query '501'"),
         (_line("train", 1, _score("0.5")), r"train.jsonl: values of one column have mixed types"),
+        (_line("train", 1, _score(None)), r"train.scores holds 1 null value\(s\) inside its lists"),
+        (_line("train", 1, lambda s: s.replace('"document_ids": ["', '"document_ids": [null, "', 1)
+         .replace('"scores": [', '"scores": [0.0, ', 1)), r"train.document_ids holds 1 null value\(s\) inside its lists"),
         (_line("queries", 0, lambda s: s.replace('"query_id"', '"qid"')), r"queries.jsonl:1: missing key\(s\) \['query_id'\]"),
         (_line("queries", 0, lambda s: s.replace('"text": "', '"text": "\\udce9', 1)), r"queries.jsonl:1: an unpaired surrogate"),
         (_line("documents", 0, lambda s: json.dumps({**json.loads(s), "text": ""})), r"documents have an empty text, e.g. document_id '1000'"),
@@ -723,7 +726,7 @@ def test_bad_checkpoint_pointers_are_named(tmp_path, pointers, needle):
     ("options", "needle"),
     [
         ({"n_candidates": 50, "n_documents": 40, "n_eval_queries": 2, "n_train_queries": 2}, r"n_candidates \(50\) > n_documents \(40\)"),
-        ({"stdlib_dir": "/no/such/stdlib"}, r"stdlib folder /no/such/stdlib not found; set option stdlib_dir"),
+        ({"stdlib_dir": "/no/such/stdlib"}, r"stdlib folder /no/such/stdlib not found: .* run it with a Python that has one"),
     ],
 )
 def test_bad_builtin_options_are_named(options, needle):

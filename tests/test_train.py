@@ -235,6 +235,14 @@ def test_tf32_turned_on_by_transformers_leaves_the_flags_torch_compile_reads_rea
 
 
 # ---------------------------------------------------------------------------------- checkpoints
+@pytest.mark.parametrize(("overrides", "steps"), [({"max_steps": 3}, 3), ({"max_steps": -1, "num_train_epochs": 0.5}, 2)])
+def test_a_run_too_short_to_log_a_loss_is_refused_before_training(tmp_path, overrides, steps):
+    # Otherwise it trains, saves, and then fails: the notebook plots the logged losses. 16 queries, 4 per step.
+    with pytest.raises(InputError, match=rf"logging_steps is {steps + 1}, but this run has {steps} optimizer step"):
+        train(**tiny_config(tmp_path, **overrides, logging_steps=steps + 1))
+    assert not (tmp_path / "model").exists() and not list((tmp_path / "checkpoints").glob("checkpoint-*"))
+
+
 def test_config_hash_ignores_key_order_but_not_values():
     assert config_hash({"a": 1, "b": {"c": 2, "d": 3}}) == config_hash({"b": {"d": 3, "c": 2}, "a": 1})
     assert config_hash({"a": 1}) != config_hash({"a": 2})
@@ -254,6 +262,19 @@ def test_same_config_resumes_from_last_complete_checkpoint(tmp_path):
     resume = prepare_checkpoints(tmp_path, "h1", {"x": 1}, main=True)
     assert resume == tmp_path / "checkpoint-10"  # numeric order, not "10" < "2"
     assert not (tmp_path / "checkpoint-12").exists()  # half-written checkpoint removed
+
+
+def test_a_finished_run_rerun_is_restored_not_trained_further(tmp_path):
+    # 3 steps of a 4-step epoch: from checkpoint-3 the trainer would run a 4th step (it checks for the last step
+    # only after a step). A rerun of the same configuration (dvc repro -f) must give the same model and log.
+    config = tiny_config(tmp_path, max_steps=3, save_steps=2)
+    first = read_json(Path(train(**config)) / "colbench_train.json")
+    first_log = read_json(config["log_path"])["records"]
+    second = read_json(Path(train(**config)) / "colbench_train.json")
+    assert (second["global_step"], second["resumed_from_step"]) == (3, 3)
+    assert second["parameter_sha256"] == first["parameter_sha256"]
+    assert read_json(config["log_path"])["records"] == first_log
+    assert not (tmp_path / "checkpoints" / "checkpoint-4").exists()
 
 
 def test_other_config_clears_stale_checkpoints(tmp_path):
@@ -538,6 +559,42 @@ def test_document_chunks_train_the_same_with_less_padding(tmp_path, kd_folder):
     assert computed[2] < 0.85 * computed[None], computed  # queries included: they are not chunked
 
 
+def test_a_larger_micro_batch_keeps_each_documents_padding_as_the_study_scored_it(tmp_path, kd_folder, monkeypatch):
+    # masked_positions "zero" (PyLate's scoring, the study's) lets a document's padding score 0 in its max, and the
+    # padding depends on the widest document of the micro-batch: in one micro-batch of 4 instead of the study's
+    # 2 x 2, the widest document of one group would get padding it never had. No punctuation: no skiplisted token.
+    from colbench import loss as loss_module
+    from colbench.model import colbert_settings, load_colbert
+
+    rng = random.Random(3)
+    words = "river city water energy model data symptoms protein market wind tunnel lift".split()
+    queries = {f"q{i}": " ".join(rng.choice(words) for _ in range(4)) for i in range(12)}
+    # Even queries' documents are one word each (as wide as one another: no padding in a group of two of them),
+    # odd queries' six words: a step that puts two even queries in one group pads their documents in one of 4.
+    documents = {f"d{4 * i + j}": " ".join(rng.choice(words) for _ in range(1 if i % 2 == 0 else 6))
+                 for i in range(12) for j in range(4)}
+    rows = [{"query_id": f"q{i}", "document_ids": [f"d{4 * i + j}" for j in range(4)],
+             "scores": [round(rng.random(), 4) for _ in range(4)]} for i in range(12)]
+    kd = kd_folder(queries, documents, rows)
+
+    # The ModernBERT checkpoint the study's software trained: its token vectors do score below 0 (a random
+    # projection of the untrained base scores every pair above 0, where a 0 never wins the max).
+    checkpoint = FIXTURES / "pylate" / "modernbert" / "pylate-colbert"
+    settings = colbert_settings(load_colbert(str(checkpoint)))
+
+    def losses(name, micro):
+        config = {**tiny_config(tmp_path / name, max_steps=3), "init_checkpoint": str(checkpoint),
+                  "model_kwargs": settings, "kd_dir": str(kd)}
+        train(**config, micro_batch=micro)
+        return [r["loss"] for r in read_json(config["log_path"])["records"] if "loss" in r]
+
+    study, one_forward = losses("study", None), losses("micro4", 4)
+    assert len(study) == 3 and one_forward == pytest.approx(study, abs=1e-6)
+    # The data does exercise it: scored within the batch's width instead, the losses move.
+    monkeypatch.setattr(loss_module.PyLateKDScores, "_within_group_width", lambda self, mask: torch.ones_like(mask))
+    assert losses("micro4_batch_width", 4) != pytest.approx(study, abs=1e-4)
+
+
 def test_an_existing_checkpoint_is_recorded_not_trained(tmp_path):
     from colbench.model import load_colbert
     from colbench.train import use_existing_checkpoint
@@ -553,6 +610,17 @@ def test_an_existing_checkpoint_is_recorded_not_trained(tmp_path):
     torch.testing.assert_close(pointed.encode_document(["a test"])[0], original.encode_document(["a test"])[0])
     assert read_json(tmp_path / "log.json")["records"] == [] and (tmp_path / "baseline").is_dir()
     assert plot_training([], tmp_path / "training.png", checkpoint=checkpoint).stat().st_size > 1000
+
+
+def test_a_checkpoint_inside_the_stages_own_output_is_refused_and_the_model_kept(tmp_path):
+    from colbench.train import use_existing_checkpoint
+
+    model = tmp_path / "model"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "pylate" / "bert" / "pylate-colbert", model)
+    before = sorted(p.name for p in model.iterdir())
+    with pytest.raises(InputError, match=r"train.checkpoint .* is this stage's own output"):
+        use_existing_checkpoint(str(model), model, log_path=tmp_path / "log.json", baseline_runs=tmp_path / "b")
+    assert sorted(p.name for p in model.iterdir()) == before
 
 
 # ------------------------------------------------------------------ the study's software, step by step

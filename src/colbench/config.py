@@ -33,13 +33,17 @@ def _positive(rule: str = "a positive number") -> dict:
     return _check(lambda v: v > 0, rule)
 
 
+def _seed() -> dict:  # numpy's and torch's seeders take 0 .. 2**32 - 1
+    return _check(lambda v: 0 <= v < 2**32, "from 0 to 4294967295")
+
+
 def _auto_or_bool(value: Any) -> bool:
     return value == "auto" or isinstance(value, bool)
 
 
 @dataclass(frozen=True)
 class Base:
-    seed: int
+    seed: int = field(metadata=_seed())
 
 
 @dataclass(frozen=True)
@@ -145,7 +149,7 @@ class Canary:
 
 @dataclass(frozen=True)
 class Train:
-    seed: int  # data order and the projection's initialisation; base.seed seeds everything else
+    seed: int = field(metadata=_seed())  # data order and the projection's initialisation; base.seed seeds everything else
     checkpoint: str | None
     base_model: str
     model: ModelConfig
@@ -229,13 +233,29 @@ class Params:
         return self.file.parent / getattr(LAYOUT, name)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys without a word; DVC refuses the file. Refuse it here, by line."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise InputError(f"{self.name}:{line}: the key {key!r} appears twice in one section (first on line "
+                                 f"{seen[key]}); keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Load and validate a params file. Raises :class:`InputError` naming the first bad key."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: params file not found. Run from the folder holding params.yaml (or demo/).")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        with path.open(encoding="utf-8") as stream:  # a stream: the loader's messages name the file
+            raw = yaml.load(stream, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         raise InputError(f"{path}: not valid YAML: {exc}") from exc
     if raw is not None and not isinstance(raw, dict):
@@ -256,6 +276,13 @@ def _cross_check(params: Params, source: Path) -> None:
             "false (keep a hit whose id is the query's, as the study's PyLate evaluation did) or true (drop it, as "
             "BEIR does); the report shows the other protocol beside it."
         )
+    for name, value in params.report.reference_ndcg10.items():
+        if name not in names:
+            raise InputError(f"{source}: report.reference_ndcg10 has {name!r}, which is not in prepare.datasets "
+                             f"({sorted(names)}): fix the name or drop the entry.")
+        if not 1 < value <= 100:
+            raise InputError(f"{source}: report.reference_ndcg10.{name} is {value}: give NDCG@10 in points, as the "
+                             "report shows it (above 1 and at most 100; the study's FiQA: 39.86), not as a fraction.")
     eval_set = params.train.eval.dataset
     if eval_set not in (None, "nanobeir") and eval_set not in names:
         raise InputError(

@@ -241,6 +241,11 @@ def check_kd(tables: dict[str, pa.Table], *, n_ways_min: int = 1, where: str = "
             dup = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
             raise InputError(f"{where}: {name} has {len(dup)} duplicate {key}(s), e.g. {dup[0].as_py()!r}; ids must be unique")
 
+    for column in ("document_ids", "scores"):  # nulls inside the lists (pandas writes NaN as null in JSON)
+        inner = pc.list_flatten(train[column]).null_count
+        if inner:
+            raise InputError(f"{where}: train.{column} holds {inner} null value(s) inside its lists; every "
+                             "candidate needs an id and a score: fix or drop those rows")
     qids = train["query_id"]
     n_docs = pc.list_value_length(train["document_ids"])
     n_scores = pc.list_value_length(train["scores"])
@@ -252,7 +257,8 @@ def check_kd(tables: dict[str, pa.Table], *, n_ways_min: int = 1, where: str = "
     if pc.any(short).as_py():
         raise InputError(
             f"{where}: {pc.sum(short).as_py()} train row(s) have fewer than n_ways={n_ways_min} candidates, e.g. "
-            f"query {_example(qids, short)}; lower train.loss.n_ways or drop those rows"
+            f"query {_example(qids, short)}; lower train.loss.n_ways, drop those rows, or give each query more "
+            "candidates (the builtin demo set: prepare.kd.builtin.n_candidates)"
         )
     scores = pc.list_flatten(train["scores"]).cast(pa.float64())
     not_finite = pc.invert(pc.is_finite(scores))

@@ -32,11 +32,18 @@ class PyLateKDScores:
 
     `masked_positions="zero"`: masked document positions score exactly 0 in the max (PyLate);
     `"exclude"`: they cannot win the max. `normalize_scores`: per-query min-max normalisation.
+
+    `padding_group`: the queries of the study's micro-batch (its per-device batch). With `"zero"`, a document's
+    padding takes part in its max, and how much padding it has depends on the widest document of its micro-batch.
+    A larger micro-batch (`train.micro_batch: 16`) would give the widest document of each group of 4 padding it
+    never had in the study; each group of `padding_group` queries is scored within its own width instead.
     """
 
-    def __init__(self, *, normalize_scores: bool = True, masked_positions: str = "zero") -> None:
+    def __init__(self, *, normalize_scores: bool = True, masked_positions: str = "zero",
+                 padding_group: int | None = None) -> None:
         self.normalize_scores = bool(normalize_scores)
         self.masked_positions = masked_positions
+        self.padding_group = padding_group
         self.__name__ = f"pylate_kd_scores_{masked_positions}{'_normalized' if normalize_scores else ''}"
 
     def __call__(
@@ -53,7 +60,7 @@ class PyLateKDScores:
             # multiplying the similarity matrix by the mask, then taking the max over all positions.
             # The mask then has to be all ones: given no mask, ST treats all-zero rows as padding.
             documents_embeddings = documents_embeddings * documents_mask.unsqueeze(-1).to(documents_embeddings.dtype)
-            documents_mask = torch.ones_like(documents_mask, dtype=torch.bool)
+            documents_mask = self._within_group_width(documents_mask)
         scores = colbert_kd_scores(
             queries_embeddings, documents_embeddings, queries_mask=queries_mask, documents_mask=documents_mask
         )
@@ -62,6 +69,19 @@ class PyLateKDScores:
             high = scores.max(dim=1, keepdim=True).values
             scores = (scores - low) / (high - low + EPSILON)
         return scores
+
+    def _within_group_width(self, documents_mask: Tensor) -> Tensor:
+        """The positions inside the padded width of each document's group of queries (all, in a batch of one group)."""
+        queries, _, width = documents_mask.shape
+        if not self.padding_group or queries <= self.padding_group:
+            return torch.ones_like(documents_mask, dtype=torch.bool)
+        positions = torch.arange(width, device=documents_mask.device)
+        # A document ends at its last scored position: [SEP] closes every document and is never skiplisted.
+        lengths = torch.where(documents_mask.bool(), positions + 1, 0).amax(dim=(1, 2))  # longest per query
+        group = torch.arange(queries, device=documents_mask.device) // self.padding_group
+        group_width = torch.zeros(int(group[-1]) + 1, dtype=lengths.dtype, device=lengths.device)
+        group_width = group_width.scatter_reduce(0, group, lengths, reduce="amax")
+        return (positions < group_width[group][:, None, None]).expand_as(documents_mask)
 
 
 def build_kd_loss(
@@ -72,6 +92,7 @@ def build_kd_loss(
     masked_positions: str = "zero",
     teacher_temperature: float | None = None,
     document_chunk: int | None = None,
+    padding_group: int | None = None,
 ):
     """The study's KD loss for `model`: a `MultiVectorDistillKLDivLoss` scoring like PyLate's `Distillation`.
 
@@ -81,11 +102,13 @@ def build_kd_loss(
     student scores always span 1, so a teacher whose scores span much less can only be matched by a
     student that gives up on ranking; dividing the teacher's scores brings the two spans together.
     `document_chunk` (ST's ``mini_batch_size``): documents per forward pass, each chunk trimmed to its own
-    longest document (None: one forward of all); the same embeddings, less padding.
+    longest document (None: one forward of all); the same embeddings, less padding. `padding_group`: see
+    `PyLateKDScores`.
     """
     from sentence_transformers.multi_vector_encoder.losses import MultiVectorDistillKLDivLoss
 
-    scores = PyLateKDScores(normalize_scores=normalize_scores, masked_positions=masked_positions)
+    scores = PyLateKDScores(normalize_scores=normalize_scores, masked_positions=masked_positions,
+                            padding_group=padding_group)
     return MultiVectorDistillKLDivLoss(model, similarity_fct=scores, temperature=float(temperature),
                                        teacher_temperature=None if teacher_temperature is None else float(teacher_temperature),
                                        mini_batch_size=document_chunk)

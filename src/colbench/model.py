@@ -154,6 +154,7 @@ def build_colbert(
             query_expansion=expansion,
             model_kwargs={"attn_implementation": attn_implementation} if attn_implementation else None,
         )
+        check_lengths(transformer, "train.model", query_length=query_length, document_length=document_length)
         hidden = transformer.get_embedding_dimension()
         dense = Dense(
             in_features=hidden,
@@ -244,12 +245,41 @@ def load_colbert(path_or_id: str, device: str | None = None, document_length: in
             "config_sentence_transformers.json. Point to a folder saved by the train stage or by PyLate; "
             "a plain base encoder belongs in train.base_model"
         )
+    _check_token_projection(Path(folder), path_or_id)
     model = MultiVectorEncoder(folder, device=device, local_files_only=True,
                                model_kwargs={"attn_implementation": attn_implementation} if attn_implementation else None)
     model.colbench_source = str(path_or_id)
     if document_length is not None:
+        check_lengths(model[0], "encode", document_length=document_length)
         model[0].document_length = int(document_length)  # part of the module config: the fingerprint follows
     return model
+
+
+def check_lengths(transformer, section: str, **lengths: int) -> None:
+    """Refuse a length (in tokens) beyond the encoder's position table, which would fail deep in torch."""
+    limit = getattr(transformer.auto_model.config, "max_position_embeddings", None)
+    for name, length in lengths.items():
+        if limit and length > limit:
+            raise InputError(f"{section}.{name} is {length}, but the encoder has positions for {limit} tokens: "
+                             f"set it to at most {limit}.")
+
+
+def _check_token_projection(folder: Path, name: str) -> None:
+    """Refuse a single-vector sentence-transformers model: sentence-transformers would load it as a ColBERT by
+    adding a randomly initialised projection (a different one on every load) and no [Q]/[D] prefixes."""
+    modules_file = folder / "modules.json"
+    if not modules_file.is_file():
+        return
+    try:
+        kinds = [str(m["type"]).rsplit(".", 1)[-1] for m in json.loads(modules_file.read_text(encoding="utf-8"))]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{modules_file}: not a sentence-transformers modules list ({exc})") from exc
+    if "Pooling" in kinds or "Dense" not in kinds:
+        raise InputError(
+            f"{name!r} ({folder}) is not a ColBERT checkpoint: its modules are {kinds}, a single-vector model "
+            "(pooling, or no token projection). Point to a folder saved by the train stage or by PyLate; a plain "
+            "base encoder belongs in train.base_model"
+        )
 
 
 def parameter_sha256(model: torch.nn.Module) -> str:

@@ -19,6 +19,8 @@ embeds its document columns).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -36,6 +38,10 @@ def pack_documents(model) -> None:
     if encoder.config.model_type != "modernbert":
         raise InputError(f"train.pack_documents: packing is written for ModernBERT, not {encoder.config.model_type!r} "
                          "(its positions and local attention); set it to false")
+    if torch.cuda.is_available() and _varlen() is None:
+        warnings.warn(f"train.pack_documents: torch {torch.__version__} has no variable-length attention "
+                      "(torch.nn.attention.varlen, torch >= 2.9): on the GPU the packed attention pads each batch, "
+                      "and packing saves little. Install torch >= 2.9 for the unpadded kernel.", stacklevel=2)
     _register()
     encoder.config._attn_implementation = ATTENTION
     packer = _Packer()
@@ -94,7 +100,7 @@ class _Packer:
 
 def packed_attention(module, query, key, value, attention_mask, *, scaling=None, dropout=0.0, sliding_window=None,
                      cu_seq_lens_q=None, max_length_q=None, **kwargs):
-    """transformers' attention interface: per document on a packed batch, else its SDPA attention."""
+    """transformers' attention interface: each document attending to itself on a packed batch, else its SDPA."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if cu_seq_lens_q is None:
@@ -105,10 +111,11 @@ def packed_attention(module, query, key, value, attention_mask, *, scaling=None,
     # ModernBERT passes its local window + 1 (flash attention's convention): a token sees |i - j| <= window.
     window = -1 if sliding_window is None else sliding_window - 1
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (tokens, heads, head_dim)
-    if query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and _varlen() is not None:
+    varlen = _varlen() if query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) else None
+    if varlen is not None:
         q, k, v = (t.contiguous() for t in (q, k, v))  # flash attention's layout, whatever the strides it accepts
-        out = _varlen()(q, k, v, cu_seq_lens_q, cu_seq_lens_q, max_length_q, max_length_q, scale=scaling,
-                        window_size=(window, window))
+        out = varlen(q, k, v, cu_seq_lens_q, cu_seq_lens_q, max_length_q, max_length_q, scale=scaling,
+                     window_size=(window, window))
     else:
         out = _padded_attention(q, k, v, cu_seq_lens_q, max_length_q, scaling, window)
     return out[None], None

@@ -167,7 +167,8 @@ def stdlib_items(options: PyDocsOptions) -> list[Item]:
     """Every eligible item of the stdlib (or ``options.stdlib_dir``), deduplicated, in sorted path order."""
     root = Path(options.stdlib_dir or sysconfig.get_paths()["stdlib"])
     if not root.is_dir():
-        raise InputError(f"builtin:python-docs: stdlib folder {root} not found; set option stdlib_dir")
+        raise InputError(f"builtin:python-docs: stdlib folder {root} not found: the demo's collection is built from "
+                         "the docstrings of this Python's standard library; run it with a Python that has one")
     items: list[Item] = []
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root)

@@ -370,6 +370,10 @@ def per_query_against_baseline(params, dataset: str, metric: str = "ndcg@10") ->
     reports = params.path("reports")
     base_dir = (params.file.parent / params.report.baseline) if params.report.baseline else reports / "train" / "baseline_runs"
     baseline_path = Path(base_dir) / f"{dataset}.trec"
+    if params.report.baseline and not baseline_path.is_file():  # asked for: a typo must not drop the comparison
+        raise InputError(f"report.baseline is {params.report.baseline!r}, but {baseline_path} does not exist: point it "
+                         "at a folder holding a run file <dataset>.trec per dataset (another run's data/runs/), "
+                         "or set it to null to compare with the untrained model.")
     if not baseline_path.is_file():
         return None
     split = params.prepare.datasets[dataset].split

@@ -33,14 +33,17 @@ import dataclasses
 import hashlib
 import importlib
 import json
+import math
 import os
 import shutil
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainerState
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import PrinterCallback
 
 from colbench.atomic import atomic_dir, atomic_file, read_json, write_json
@@ -410,12 +413,24 @@ def build_trainer(
     manifest = kd_manifest(kd_dir)
     dataset = load_kd_dataset(kd_dir, n_ways=n_ways, max_samples=max_samples)
     # 3. Loss.
-    loss = build_kd_loss(model, **loss_settings, document_chunk=document_chunk)
+    # The study's micro-batch sets how much padding each document has, which masked_positions "zero" scores.
+    study_micro_batch = int(args["per_device_train_batch_size"])
+    loss = build_kd_loss(model, **loss_settings, document_chunk=document_chunk, padding_group=study_micro_batch)
+    if micro_batch and micro_batch < study_micro_batch and loss_settings.get("masked_positions") == "zero":
+        warnings.warn(f"train.micro_batch {micro_batch} is below the per-device batch of {study_micro_batch}: the "
+                      "widest documents of each micro-batch lose the padding that masked_positions 'zero' scores, so "
+                      "the loss differs slightly from the study's; use a multiple of it for the same numbers.",
+                      stacklevel=2)
     # 4. Arguments, with the prompts the collator must prepend to each column.
     training_args = training_arguments(
         args, output_dir=checkpoints_dir, seed=seed, prompts=collator_prompts(model, list(dataset[0])),
         micro_batch=micro_batch, eval_steps=eval_steps, with_evaluator=evaluator is not None,
     )
+    steps = planned_steps(training_args, dataset.num_rows)
+    if training_args.logging_steps > steps:  # the run would fail only after training: its curve needs a loss
+        raise InputError(f"train.args.logging_steps is {training_args.logging_steps}, but this run has {steps} "
+                         f"optimizer step(s) ({dataset.num_rows} training queries): no loss would be logged. Set "
+                         f"train.args.logging_steps to at most {steps}.")
 
     config = {
         "base_model": base_model,
@@ -472,9 +487,19 @@ def build_trainer(
         trainer.data_collator = LongestCandidatesFirst(trainer.data_collator, [c for c in dataset[0] if c != "scores"][1:])
     check_collator_matches_encoding(trainer, dataset)
     run = {"manifest": manifest, "dataset": dataset, "n_ways": n_ways, "config": config, "digest": digest,
-           "resume_from": resume_from, "log": log, "header": header,
+           "resume_from": resume_from, "log": log, "header": header, "planned_steps": steps,
            "baseline": (evaluator.baseline_run, Path(published_baseline)) if published_baseline else None}
     return trainer, run
+
+
+def planned_steps(training_args, n_rows: int) -> int:
+    """The optimizer steps the trainer will run on ``n_rows`` queries (transformers 5 counts the partial last
+    accumulation of an epoch as a step)."""
+    if training_args.max_steps > 0:
+        return training_args.max_steps
+    per_step = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+                * training_args.world_size)
+    return math.ceil(math.ceil(n_rows / per_step) * training_args.num_train_epochs)
 
 
 def train(*, output_dir: str | Path, provenance_extra: dict[str, Any] | None = None, **settings: Any) -> Path:
@@ -489,7 +514,13 @@ def train(*, output_dir: str | Path, provenance_extra: dict[str, Any] | None = N
     model, log, resume_from = trainer.model, run["log"], run["resume_from"]
 
     # 6. Train (resuming restores weights, optimizer, scheduler, RNG and data position).
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if resume_from and _step(resume_from) >= run["planned_steps"]:
+        # A finished run, rerun: restored, not trained. From a checkpoint at the end of a partial epoch the trainer
+        # would run one step more, as it checks for the last step only after each step.
+        trainer._load_from_checkpoint(str(resume_from))
+        trainer.state = TrainerState.load_from_json(str(resume_from / TRAINER_STATE_NAME))
+    else:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if settings.get("evaluator") is not None and not any(
         "eval_runtime" in entry and entry.get("step") == trainer.state.global_step for entry in trainer.state.log_history
     ):
@@ -639,6 +670,11 @@ def use_existing_checkpoint(checkpoint: str, output_dir: str | Path, *, log_path
     """
     from colbench.model import load_colbert, model_fingerprint
 
+    output = Path(output_dir).resolve()
+    if Path(checkpoint).exists() and output in (Path(checkpoint).resolve(), *Path(checkpoint).resolve().parents):
+        # Writing the pointer would replace the model it points to (and then point to itself).
+        raise InputError(f"train.checkpoint {checkpoint!r} is this stage's own output ({output_dir}): point it at a "
+                         "copy of the model outside it, or at the folder it was trained into elsewhere.")
     model = load_colbert(checkpoint)  # fails here, clearly, if it is unreachable or not a ColBERT checkpoint
     fingerprint = model_fingerprint(model)
     with atomic_dir(output_dir) as tmp:
