@@ -183,6 +183,8 @@ def test_a_baseline_folder_that_does_not_exist_is_refused_not_skipped(tmp_path, 
     from colbench.config import load_params
 
     params = load_params(edited_params(lambda d: d["report"].update(baseline="exp-baseline/data/runz")))
-    with pytest.raises(InputError, match=r"report.baseline is 'exp-baseline/data/runz', but .*runz/fiqa.trec does "
-                                         r"not exist"):
+    with pytest.raises(InputError, match=r"report.baseline is 'exp-baseline/data/runz', but .*runz is not a folder"):
         report.per_query_against_baseline(params, "fiqa")
+    (tmp_path / "exp-baseline" / "data" / "runz").mkdir(parents=True)  # a folder without this dataset's run
+    with pytest.warns(UserWarning, match=r"has no run for fiqa"):
+        assert report.per_query_against_baseline(params, "fiqa") is None

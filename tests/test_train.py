@@ -264,15 +264,21 @@ def test_same_config_resumes_from_last_complete_checkpoint(tmp_path):
     assert not (tmp_path / "checkpoint-12").exists()  # half-written checkpoint removed
 
 
-def test_a_finished_run_rerun_is_restored_not_trained_further(tmp_path):
+def test_a_finished_run_rerun_is_restored_not_trained_further(tmp_path, monkeypatch):
     # 3 steps of a 4-step epoch: from checkpoint-3 the trainer would run a 4th step (it checks for the last step
-    # only after a step). A rerun of the same configuration (dvc repro -f) must give the same model and log.
-    config = tiny_config(tmp_path, max_steps=3, save_steps=2)
+    # only after a step). A rerun of the same configuration (dvc repro -f) must give the same model, log and
+    # canary verdicts (against a reference curve made to start at step 1, far from this run's losses).
+    import numpy as np
+
+    monkeypatch.setattr("colbench.training_curve.reference_curve", lambda name: (np.array([1, 3]), np.array([50.0, 50.0])))
+    config = {**tiny_config(tmp_path, max_steps=3, save_steps=2),
+              "canary": {"reference": "study", "tolerance": 0.25, "window": 1, "from_step": 1}}
     first = read_json(Path(train(**config)) / "colbench_train.json")
     first_log = read_json(config["log_path"])["records"]
     second = read_json(Path(train(**config)) / "colbench_train.json")
     assert (second["global_step"], second["resumed_from_step"]) == (3, 3)
     assert second["parameter_sha256"] == first["parameter_sha256"]
+    assert second["canary"] == first["canary"] and first["canary"]  # the verdicts, from the restored log
     assert read_json(config["log_path"])["records"] == first_log
     assert not (tmp_path / "checkpoints" / "checkpoint-4").exists()
 
@@ -478,6 +484,22 @@ def test_ddp_on_two_cpu_processes_keeps_the_step_and_the_losses_of_one_process(t
     for ours, theirs in zip(ddp, one, strict=True):
         assert ours["loss"] == pytest.approx(theirs["loss"], abs=1e-6)
         assert ours["grad_norm"] == pytest.approx(theirs["grad_norm"], rel=1e-4)
+
+
+@pytest.mark.parametrize(("n_rows", "world", "drop_last", "epochs", "steps"), [
+    (16, 1, False, 1, 4), (14, 1, False, 1, 4), (14, 1, False, 0.5, 2),
+    (14, 2, True, 1, 3),  # DDP: what 2 gloo processes ran on 14 queries (7 batches of 2: 3 whole rounds)
+    (808_728, 4, True, 1, 50_545),  # the study on 4 GPUs: its last 8 queries left out, as transformers 4.48 did
+])
+def test_the_planned_step_count_is_the_trainers(n_rows, world, drop_last, epochs, steps):
+    from types import SimpleNamespace
+
+    from colbench.train import planned_steps
+
+    per_device, accumulation = (2, 2 // world) if n_rows < 100 else (4, 4 // world)
+    args = SimpleNamespace(max_steps=-1, per_device_train_batch_size=per_device, gradient_accumulation_steps=accumulation,
+                           world_size=world, dataloader_drop_last=drop_last, num_train_epochs=epochs)
+    assert planned_steps(args, n_rows) == steps
 
 
 def test_a_batch_split_keeps_the_optimizer_step():

@@ -239,9 +239,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: the parent class resolves it
+                continue
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, typing.Hashable):
+                continue  # the parent class refuses it
             line = key_node.start_mark.line + 1
-            if isinstance(key, typing.Hashable) and key in seen:
+            if key in seen:
                 raise InputError(f"{self.name}:{line}: the key {key!r} appears twice in one section (first on line "
                                  f"{seen[key]}); keep one")
             seen[key] = line

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -370,11 +371,14 @@ def per_query_against_baseline(params, dataset: str, metric: str = "ndcg@10") ->
     reports = params.path("reports")
     base_dir = (params.file.parent / params.report.baseline) if params.report.baseline else reports / "train" / "baseline_runs"
     baseline_path = Path(base_dir) / f"{dataset}.trec"
-    if params.report.baseline and not baseline_path.is_file():  # asked for: a typo must not drop the comparison
-        raise InputError(f"report.baseline is {params.report.baseline!r}, but {baseline_path} does not exist: point it "
-                         "at a folder holding a run file <dataset>.trec per dataset (another run's data/runs/), "
-                         "or set it to null to compare with the untrained model.")
+    if params.report.baseline and not Path(base_dir).is_dir():  # asked for: a typo must not drop the comparison
+        raise InputError(f"report.baseline is {params.report.baseline!r}, but {base_dir} is not a folder: point it at "
+                         "a folder holding a run file <dataset>.trec per dataset (another run's data/runs/), or set "
+                         "it to null to compare with the untrained model.")
     if not baseline_path.is_file():
+        if params.report.baseline:
+            warnings.warn(f"report.baseline {params.report.baseline!r} has no run for {dataset} ({baseline_path}): "
+                          "that dataset is shown without the comparison", stacklevel=2)
         return None
     split = params.prepare.datasets[dataset].split
     qrels = load_qrels(params.path("datasets") / dataset / "qrels" / f"{split}.tsv")

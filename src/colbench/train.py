@@ -416,11 +416,11 @@ def build_trainer(
     # The study's micro-batch sets how much padding each document has, which masked_positions "zero" scores.
     study_micro_batch = int(args["per_device_train_batch_size"])
     loss = build_kd_loss(model, **loss_settings, document_chunk=document_chunk, padding_group=study_micro_batch)
-    if micro_batch and micro_batch < study_micro_batch and loss_settings.get("masked_positions") == "zero":
-        warnings.warn(f"train.micro_batch {micro_batch} is below the per-device batch of {study_micro_batch}: the "
-                      "widest documents of each micro-batch lose the padding that masked_positions 'zero' scores, so "
-                      "the loss differs slightly from the study's; use a multiple of it for the same numbers.",
-                      stacklevel=2)
+    if micro_batch and micro_batch % study_micro_batch and loss_settings.get("masked_positions") == "zero":
+        warnings.warn(f"train.micro_batch {micro_batch} is not a multiple of the per-device batch of "
+                      f"{study_micro_batch}: some documents get more or less of the padding that masked_positions "
+                      "'zero' scores than in the study, so the loss differs slightly; use a multiple of it for the "
+                      "same numbers.", stacklevel=2)
     # 4. Arguments, with the prompts the collator must prepend to each column.
     training_args = training_arguments(
         args, output_dir=checkpoints_dir, seed=seed, prompts=collator_prompts(model, list(dataset[0])),
@@ -493,13 +493,29 @@ def build_trainer(
 
 
 def planned_steps(training_args, n_rows: int) -> int:
-    """The optimizer steps the trainer will run on ``n_rows`` queries (transformers 5 counts the partial last
-    accumulation of an epoch as a step)."""
+    """The optimizer steps the trainer will run on ``n_rows`` queries: transformers 5 counts the partial last
+    accumulation of an epoch as a step; under DDP sentence-transformers drops the last incomplete batch
+    (``dataloader_drop_last``) and accelerate then gives each process whole rounds of batches."""
     if training_args.max_steps > 0:
         return training_args.max_steps
-    per_step = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
-                * training_args.world_size)
-    return math.ceil(math.ceil(n_rows / per_step) * training_args.num_train_epochs)
+    micro, world = training_args.per_device_train_batch_size, training_args.world_size
+    if training_args.dataloader_drop_last:
+        per_process = n_rows // micro // world
+    else:
+        per_process = math.ceil(math.ceil(n_rows / micro) / world)
+    per_epoch = math.ceil(per_process / training_args.gradient_accumulation_steps)
+    return math.ceil(per_epoch * training_args.num_train_epochs)
+
+
+def restore_finished_run(trainer, checkpoint: Path, *, canary=None) -> None:
+    """The weights and trainer state of ``checkpoint``, as `trainer.train` would leave them after its last step."""
+    trainer._load_from_checkpoint(str(checkpoint))
+    trainer.state = TrainerState.load_from_json(str(checkpoint / TRAINER_STATE_NAME))
+    # The saved flags are rank 0's; the trainer sets each process's own when it trains.
+    trainer.state.is_world_process_zero = trainer.is_world_process_zero()
+    trainer.state.is_local_process_zero = trainer.is_local_process_zero()
+    if canary is not None:  # its verdicts, from the restored log, as at the start of a resumed run
+        canary.on_train_begin(trainer.args, trainer.state, trainer.control)
 
 
 def train(*, output_dir: str | Path, provenance_extra: dict[str, Any] | None = None, **settings: Any) -> Path:
@@ -517,8 +533,7 @@ def train(*, output_dir: str | Path, provenance_extra: dict[str, Any] | None = N
     if resume_from and _step(resume_from) >= run["planned_steps"]:
         # A finished run, rerun: restored, not trained. From a checkpoint at the end of a partial epoch the trainer
         # would run one step more, as it checks for the last step only after each step.
-        trainer._load_from_checkpoint(str(resume_from))
-        trainer.state = TrainerState.load_from_json(str(resume_from / TRAINER_STATE_NAME))
+        restore_finished_run(trainer, resume_from, canary=log.canary)
     else:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if settings.get("evaluator") is not None and not any(
