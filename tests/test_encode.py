@@ -74,6 +74,22 @@ def test_queries_store_and_truncation_count(tmp_path, model):
                                model.encode_query(queries[:1], convert_to_numpy=True)[0], atol=2e-3, rtol=0)
 
 
+def test_queries_without_their_expansion_keep_only_their_own_tokens(tmp_path, model):
+    # encode.query_expansion: drop, for a model whose expansion vectors were zeros (FlashAttention 2): MaxSim over the
+    # remaining vectors is the score with zeros there. A query cut at 32 tokens has no expansion to drop.
+    queries = ["wind tunnel models", " ".join(["long"] * 40), "a"]
+    encode_to_store(model, ["q1", "q2", "q3"], queries, tmp_path / "keep", is_query=True, dtype="float32",
+                    batch_size=2, show_progress=False)
+    encode_to_store(model, ["q1", "q2", "q3"], queries, tmp_path / "drop", is_query=True, dtype="float32",
+                    batch_size=2, drop_query_expansion=True, show_progress=False)
+    kept, dropped = open_store(tmp_path / "keep"), open_store(tmp_path / "drop")
+    own = model.preprocess(queries, prompt=model.prompts["query"], task="query")["attention_mask"].sum(1).tolist()
+    assert kept.lengths.tolist() == [32, 32, 32] and dropped.lengths.tolist() == own and own[1] == 32 > own[0] > own[2]
+    for i in range(3):
+        np.testing.assert_array_equal(dropped.item(i), kept.item(i)[: own[i]])
+    assert (kept.meta["query_expansion"], dropped.meta["query_expansion"]) == ("keep", "drop")
+
+
 @pytest.mark.parametrize("batch_size", [1, 2, 8])
 def test_result_does_not_depend_on_batching(tmp_path, model, batch_size):
     encode_to_store(model, DOC_IDS, DOCS, tmp_path / "a", is_query=False, batch_size=batch_size, dtype="float32",

@@ -148,7 +148,8 @@ def _count_truncated(model, texts: list[str], prompt: str | None, limit: int | N
     return int(sum(1 for n in lengths if n > limit))
 
 
-def _encode_shard(model, texts: list[str], *, task: str, batch_size: int, autocast: bool) -> tuple[list[np.ndarray], int]:
+def _encode_shard(model, texts: list[str], *, task: str, batch_size: int, autocast: bool,
+                  drop_expansion: bool = False) -> tuple[list[np.ndarray], int]:
     prompt = model.prompts.get(task)
     order = np.argsort(-np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts)), kind="stable")
     out: list[np.ndarray | None] = [None] * len(texts)
@@ -161,6 +162,11 @@ def _encode_shard(model, texts: list[str], *, task: str, batch_size: int, autoca
             embeddings = model.encode(
                 batch, prompt=prompt, task=task, batch_size=len(batch), show_progress_bar=False
             )
+            if drop_expansion:
+                # The [MASK] positions the query was padded with, as the model's own preprocessing marks them.
+                expansion = model.preprocess(batch, prompt=prompt, task=task).get("query_expansion_positions")
+                if expansion is not None:
+                    embeddings = [emb[~positions.to(emb.device)] for emb, positions in zip(embeddings, expansion)]
             for i, emb in zip(batch_index, embeddings):
                 out[i] = emb.float().cpu().numpy()
     n_truncated = _count_truncated(model, texts, prompt, max_tokens(model, task == "query"))
@@ -177,6 +183,7 @@ def encode_to_store(
     batch_size: int = 32,
     dtype: str = "float16",
     autocast_bf16: bool = False,
+    drop_query_expansion: bool = False,
     shard_size: int = 10000,
     show_progress: bool = True,
     work_dir: str | Path | None = None,
@@ -186,7 +193,9 @@ def encode_to_store(
     Returns stats: n_items, n_tokens, n_truncated (inputs longer than the model keeps), seconds
     (wall time of this call), items_per_s (items encoded by this call per second of encoding),
     reused_items (from a previous interrupted run), autocast_bf16 (whether bf16 was used).
-    The store's meta holds `model` (model_fingerprint), `is_query`, `n_truncated`, `max_tokens`.
+    The store's meta holds `model` (model_fingerprint), `is_query`, `n_truncated`, `max_tokens`, and for queries
+    `query_expansion`: ``drop`` when `drop_query_expansion` left out the vectors of the [MASK] expansion positions
+    (params.yaml encode.query_expansion; what a model whose expansion vectors were zeros scores), else ``keep``.
     Raises InputError for mismatched / duplicate ids, empty texts and unpaired surrogates, and (before
     anything is written) when the output's filesystem lacks the space :func:`check_free_disk` estimates.
     """
@@ -211,6 +220,7 @@ def encode_to_store(
         "task": task,
         "dtype": dtype,
         "autocast_bf16": use_bf16,
+        "drop_query_expansion": bool(drop_query_expansion and is_query),
         "shard_size": shard_size,
     }
 
@@ -242,7 +252,8 @@ def encode_to_store(
             reused_items += hi - lo
             continue
         t0 = time.perf_counter()
-        embeddings, n_truncated = _encode_shard(model, texts[lo:hi], task=task, batch_size=batch_size, autocast=use_bf16)
+        embeddings, n_truncated = _encode_shard(model, texts[lo:hi], task=task, batch_size=batch_size, autocast=use_bf16,
+                                                drop_expansion=key["drop_query_expansion"])
         lengths = np.fromiter((len(e) for e in embeddings), dtype=np.int64, count=len(embeddings))
         vectors = np.concatenate(embeddings, axis=0).astype(dtype) if embeddings else np.zeros((0, dim), dtype)
         for suffix, array in (("vectors", vectors), ("lengths", lengths)):
@@ -269,6 +280,8 @@ def encode_to_store(
 
     limit = max_tokens(model, is_query)
     meta = {"model": fingerprint, "is_query": bool(is_query), "n_truncated": n_truncated, "max_tokens": limit}
+    if is_query:
+        meta["query_expansion"] = "drop" if key["drop_query_expansion"] else "keep"
     write_store(out_dir, ids, chunks(), total_tokens=total_tokens, dim=dim, dtype=dtype, meta=meta)
     shutil.rmtree(work, ignore_errors=True)
     seconds = time.perf_counter() - started
