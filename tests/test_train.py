@@ -486,17 +486,16 @@ def test_ddp_on_two_cpu_processes_keeps_the_step_and_the_losses_of_one_process(t
         assert ours["grad_norm"] == pytest.approx(theirs["grad_norm"], rel=1e-4)
 
 
-@pytest.mark.parametrize(("n_rows", "world", "drop_last", "epochs", "steps"), [
-    (16, 1, False, 1, 4), (14, 1, False, 1, 4), (14, 1, False, 0.5, 2),
-    (14, 2, True, 1, 3),  # DDP: what 2 gloo processes ran on 14 queries (7 batches of 2: 3 whole rounds)
-    (808_728, 4, True, 1, 50_545),  # the study on 4 GPUs: its last 8 queries left out, as transformers 4.48 did
+@pytest.mark.parametrize(("n_rows", "per_device", "accumulation", "world", "drop_last", "epochs", "steps"), [
+    (16, 2, 2, 1, False, 1, 4), (14, 2, 2, 1, False, 1, 4), (14, 2, 2, 1, False, 0.5, 2),
+    (14, 2, 1, 2, True, 1, 3),  # DDP: what 2 gloo processes ran on 14 queries (7 batches of 2: 3 whole rounds)
+    (808_728, 4, 1, 4, True, 1, 50_545),  # the study on 4 GPUs: its last 8 queries left out, as transformers 4.48 did
 ])
-def test_the_planned_step_count_is_the_trainers(n_rows, world, drop_last, epochs, steps):
+def test_the_planned_step_count_is_the_trainers(n_rows, per_device, accumulation, world, drop_last, epochs, steps):
     from types import SimpleNamespace
 
     from colbench.train import planned_steps
 
-    per_device, accumulation = (2, 2 // world) if n_rows < 100 else (4, 4 // world)
     args = SimpleNamespace(max_steps=-1, per_device_train_batch_size=per_device, gradient_accumulation_steps=accumulation,
                            world_size=world, dataloader_drop_last=drop_last, num_train_epochs=epochs)
     assert planned_steps(args, n_rows) == steps
