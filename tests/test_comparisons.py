@@ -5,7 +5,8 @@ import math
 import pandas as pd
 import pytest
 
-from colbench.comparisons import distinct_runs, groups_varying, paired_comparison, seed_summary, verdict
+from colbench.comparisons import (comparison_summary, distinct_runs, groups_varying, paired_comparison, seed_summary,
+                                  verdict)
 
 
 def table(rows: list[dict]) -> pd.DataFrame:
@@ -63,6 +64,19 @@ def test_paired_comparison_counts_wins_and_bootstraps_the_difference():
     assert bert["ci_low"] <= -37.5 <= bert["ci_high"] <= 0
     main = result.set_index("experiment").loc["main"]
     assert main["difference"] == 0 and math.isnan(main["ci_low"])
+
+
+def test_the_encoder_verdict_is_decided_by_the_paired_interval():
+    rows = pd.DataFrame([  # the baseline row (no interval) is the reference, not a verdict
+        {"dataset": "d", "train.base_model": "main", "ndcg@10": 60.0, "difference": 0.0, "ci_low": math.nan,
+         "ci_high": math.nan, "wins": 0, "losses": 0, "ties": 4},
+        *({"dataset": "d", "train.base_model": name, "ndcg@10": 60.0 + diff, "difference": diff, "ci_low": low,
+           "ci_high": high, "wins": 1, "losses": 2, "ties": 1}
+          for name, diff, low, high in (("worse", -3.0, -5.0, -1.0), ("unclear", 1.0, -0.5, 2.5), ("better", 2.0, 0.5, 3.5))),
+    ])
+    lines = comparison_summary(rows, "train.base_model").splitlines()
+    assert [line.rsplit(": ", 1)[1] for line in lines] == ["worse.", "no difference the queries can tell.", "better."]
+    assert lines[0].startswith("- d: train.base_model = worse: ndcg@10 57.00, -3.00 points (95% CI -5.00 to -1.00;")
 
 
 def test_the_workspace_stands_for_the_baseline_it_reproduces():

@@ -16,6 +16,7 @@ import subprocess
 import time
 
 import pytest
+import yaml
 
 from journeys import clone_of_this_tree, declared_outputs, environment, read, run, stale_stages
 
@@ -45,9 +46,14 @@ def test_make_demo_writes_the_report_and_training_helps(demo):
         # The executed notebooks are the report: no progress bars, no trainer log printed line by line.
         shown = json.dumps(read(reports / "notebooks" / f"{stage}.ipynb")["cells"])
         assert not re.search(r"<progress|it/s\]|IProgress|\{'loss': ", shown), stage
-    assert "pydocs" in (reports / "README.md").read_text()
     train = read(reports / "metrics" / "train.json")
     assert demo["metrics"]["pydocs"]["ndcg@10"] > train["heldout_start_ndcg@10"] + 0.01, (train, demo["metrics"])
+    # The number the README publishes (demo/params.yaml's reference, 61.62). On another CPU the rounding of the
+    # 25 training steps may differ a little; a broken recipe costs several points (seeds alone move 1.6).
+    reference = yaml.safe_load((repo / "demo" / "params.yaml").read_text())["report"]["reference_ndcg10"]["pydocs"]
+    assert 100 * demo["metrics"]["pydocs"]["ndcg@10"] == pytest.approx(reference, abs=1.0), demo["metrics"]
+    index = (reports / "README.md").read_text()
+    assert "**reproduced**: the demo reference value 61.62 lies inside the interval" in index, index[:2000]
     print(f"make demo: {demo['seconds']:.0f} s")
 
 

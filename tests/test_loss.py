@@ -51,9 +51,10 @@ def test_equal_scores_normalise_to_zero_not_nan():
 
 
 def test_kd_loss_is_kl_of_softmaxes_with_temperature(reference_trainer):
-    """The trainer's loss = T^2 * KL(softmax(teacher / T) || softmax(normalised student / T)), batch-mean."""
-    for temperature in (1.0, 2.0):
-        trainer, run, _ = reference_trainer("bert", temperature=temperature)
+    """The trainer's loss = T^2 * KL(softmax(teacher / T_teacher) || softmax(normalised student / T)), batch-mean;
+    T_teacher is T unless `train.loss.teacher_temperature` sets it (the demo's 0.5). T = 1 alone: test_parity."""
+    for temperature, teacher_temperature in ((2.0, None), (1.0, 0.5)):
+        trainer, run, _ = reference_trainer("bert", temperature=temperature, teacher_temperature=teacher_temperature)
         scorer, captured = trainer.loss.similarity_fct, {}
 
         def spy(*args, _scorer=scorer, **kwargs):
@@ -67,7 +68,7 @@ def test_kd_loss_is_kl_of_softmaxes_with_temperature(reference_trainer):
             value = trainer.compute_loss(trainer.model, batch).item()
         teacher = batch["label"].float()
         student = torch.log_softmax(captured["scores"] / temperature, dim=-1)
-        target = torch.log_softmax(teacher / temperature, dim=-1)
+        target = torch.log_softmax(teacher / (teacher_temperature or temperature), dim=-1)
         expected = (target.exp() * (target - student)).sum(dim=-1).mean().item() * temperature**2
         assert value == pytest.approx(expected, abs=1e-6)
         assert math.isfinite(value) and value > 0

@@ -167,6 +167,24 @@ def test_a_length_beyond_the_encoders_positions_is_refused():
         load_colbert(str(BERT_COLBERT), document_length=1000)
 
 
+def test_encode_document_length_sets_the_tokens_a_document_keeps_and_marks_the_embeddings(tmp_path):
+    # params.yaml encode.document_length (the demo's 64): evaluation at another length than training, recorded in
+    # the model's fingerprint so that stores and indexes of one length are never mixed with another's.
+    from colbench.encode import encode_to_store
+    from colbench.store import open_store
+
+    long_document = " ".join(f"word{i}" for i in range(300))
+    fingerprints = {}
+    for length in (None, 24):
+        model = load_colbert(str(BERT_COLBERT), document_length=length)
+        encode_to_store(model, ["d"], [long_document], tmp_path / str(length), is_query=False, show_progress=False)
+        fingerprints[length] = model_fingerprint(model)
+        kept = int(open_store(tmp_path / str(length)).lengths[0])
+        assert kept == (length or 180), (length, kept)  # the checkpoint's own 180 unless overridden
+    assert fingerprints[None]["sha256"] == fingerprints[24]["sha256"]  # the same weights...
+    assert fingerprints[None]["config_sha256"] != fingerprints[24]["config_sha256"]  # ...other embeddings
+
+
 def test_load_refuses_a_broken_pointer(tmp_path):
     (tmp_path / "checkpoint.json").write_text(json.dumps({"path": "x"}))
     with pytest.raises(InputError, match="checkpoint.json"):

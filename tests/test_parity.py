@@ -102,6 +102,13 @@ def test_the_trainer_collates_pylates_token_ids(arch, tmp_path, kd_folder, study
         assert batch[f"document_{j + 1}_input_ids"][0].tolist() == expected  # the same document in every row
 
 
+def test_a_trainer_that_would_train_without_the_prefixes_is_stopped_before_its_first_step(reference_trainer, monkeypatch):
+    # The guard behind the study's [Q]/[D] fix: training must tokenise as encoding does, or nothing is trained.
+    monkeypatch.setattr("colbench.train.collator_prompts", lambda model, columns: {})
+    with pytest.raises(RuntimeError, match="tokenises column 'query'"):
+        reference_trainer("bert")
+
+
 @pytest.mark.parametrize("normalize", [True, False])
 def test_the_trainers_loss_equals_pylates_distillation(arch, reference_trainer, normalize):
     trainer, run, reference = reference_trainer(arch["name"], normalize_scores=normalize)

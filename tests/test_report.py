@@ -54,6 +54,10 @@ def test_costs_table_reads_measure_records_in_stage_order(tmp_path):
     assert table[["stage", "dataset", "items"]].values.tolist() == [
         ["train", "", 5], ["encode", "fiqa", 10], ["retrieve", "scifact", 30]]
     assert (table["peak_rss_mb"] > 0).all() and (table["wall_s"] >= 0).all()
+    with measure("index", tmp_path / "whole" / "index.json", unit="things") as record:
+        record["items"] = 3
+    whole_runs = report.costs_table(tmp_path / "whole")  # stages that measure every dataset at once
+    assert list(whole_runs.columns) == ["stage", "unit", "items", "wall_s", "items_per_s", "peak_rss_mb"]
 
     (costs / "broken.json").write_text('{"stage": "index"}')
     with pytest.raises(InputError, match="broken.json lacks"):
@@ -148,9 +152,10 @@ def test_export_html_and_index(tmp_path):
     ablations.attrs.update(params=["train.args.learning_rate"], metrics=["ndcg@10/scifact"])
     run = report.run_description({"model": "/models/published", "seed": {"base": 42, "train": 7},
                                   "git": {"revision": "0123456789abcdef", "dirty": False}})
-    index = report.write_index(reports, headline, [html], run=run, sections=[
-        ("Ablations", "Experiments.", report.ablation_table(ablations)), ("Seed variance", "None yet.", pd.DataFrame())],
-    ).read_text()
+    index = report.write_index(reports, headline, [html], run=run, headline_notes=["What it shows:", "- verdict"],
+                               sections=[("Ablations", "Experiments.", report.ablation_table(ablations)),
+                                         ("Seed variance", "None yet.", pd.DataFrame())]).read_text()
+    assert index.index("What it shows:") < index.index("| scifact | 73.10 |") < index.index("- verdict")
     assert "**Evaluated checkpoint**: `/models/published`" in index and "training 7" in index
     assert "## Seed variance" not in index  # an empty section is left out
     assert "| scifact | 73.10 |" in index
@@ -188,3 +193,12 @@ def test_a_baseline_folder_that_does_not_exist_is_refused_not_skipped(tmp_path, 
     (tmp_path / "exp-baseline" / "data" / "runz").mkdir(parents=True)  # a folder without this dataset's run
     with pytest.warns(UserWarning, match=r"has no run for fiqa"):
         assert report.per_query_against_baseline(params, "fiqa") is None
+
+
+def test_the_report_says_which_commit_the_experiments_ran_on():
+    ablations = pd.DataFrame({"experiment": ["main", "lr-half"], "role": ["baseline", "experiment"],
+                              "rev": ["8cdfddccfd67e9cc", "a1b2c3"], "timestamp": ["2026-11-30T05:05:16", None]})
+    note = report.experiments_origin(ablations, {"git": {"revision": "f620ce1c13ce0000"}})
+    assert note == ("The experiments ran on commit `8cdfddc` (2026-11-30T05:05:16); this report's code is "
+                    "commit `f620ce1`.")
+    assert report.experiments_origin(ablations.iloc[:0], {}) == ""  # no experiments: nothing to say

@@ -70,7 +70,8 @@ def test_max_over_document_tokens_equals_amax_for_any_signs(dtype):
 
 @pytest.mark.parametrize("dtype,tol", [("float32", 1e-4), ("bfloat16", 0.08)])
 @pytest.mark.parametrize("block_tokens", [1, 40, 10**6])
-@pytest.mark.parametrize("device", ["cpu", "auto"])  # auto: the GPU's products where there is one
+@pytest.mark.parametrize("device", ["cpu", pytest.param("auto", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="auto is the CPU here: the cpu cases cover it"))])  # auto: the GPU's products
 def test_exact_matches_naive_oracle(tmp_path, dtype, tol, block_tokens, device):
     rng = np.random.default_rng(1)
     docs = clustered(rng, 60)
@@ -213,3 +214,36 @@ def test_trec_refuses_ids_with_spaces(tmp_path):
     with pytest.raises(InputError, match="whitespace"):
         write_trec({"q 1": {"d": 1.0}}, tmp_path / "run.trec", tag="t")
     assert not (tmp_path / "run.trec").exists()
+
+
+def test_the_tradeoff_sweep_scores_exact_search_and_each_ef_on_the_same_queries(tmp_path):
+    # What 05_retrieve writes to reports/metrics/tradeoff.json: exact search is the reference point, each ef_search
+    # of hnsw is timed and scored on the same queries, with its overlap with exact search's top k.
+    from colbench import tradeoff
+    from colbench.atomic import read_json
+
+    rng = np.random.default_rng(3)
+    docs = clustered(rng, 100, dim=16, length=(3, 8))
+    dstore = make_store(tmp_path / "d", [f"d{i:03d}" for i in range(100)], docs)
+    qstore = make_store(tmp_path / "q", [f"q{i}" for i in range(8)], clustered(rng, 8, dim=16, length=(4, 4)))
+    build_index(dstore, tmp_path / "i", M=12, ef_construction=100)
+    exact = search(qstore, dstore, k=10, mode="exact", dtype="float32")
+    qrels = {q: {next(iter(hits)): 1, f"d{int(q[1:]):03d}": 1} for q, hits in exact.items()}
+    points = tradeoff.sweep(qstore, dstore, open_index(tmp_path / "i", dstore), qrels, k=10, ef_values=[4, 256],
+                            tokens_per_query_token=4, dtype="float32", block_tokens=4096, ignore_identical_ids=False)
+    assert [(p["mode"], p["setting"]) for p in points] == [("exact", "exact"), ("hnsw", 4), ("hnsw", 256)]
+    reference, narrow, wide = points
+    assert reference["recall_vs_exact@10"] == 1.0 and 0 < reference["ndcg@10"] < 1
+    # ef 4 misses nearest tokens that ef 256 finds: here, enough to lose relevant documents exact search ranks first.
+    assert narrow["ndcg@10"] < wide["ndcg@10"] == pytest.approx(reference["ndcg@10"])
+    assert narrow["recall_vs_exact@10"] <= wide["recall_vs_exact@10"] < 1  # 4 tokens per query token: fewer candidates
+    wide_run = search(qstore, dstore, k=10, mode="hnsw", index=open_index(tmp_path / "i", dstore), dtype="float32",
+                      tokens_per_query_token=4, ef_search=256)
+    assert wide["recall_vs_exact@10"] == pytest.approx(tradeoff.overlap(wide_run, exact))
+    assert all(p["qps"] > 0 for p in points)
+
+    # overlap: the share of the reference's top-k found, averaged over the reference's queries.
+    assert tradeoff.overlap({"a": {"x": 1.0, "y": 0.5}}, {"a": {"x": 1.0, "z": 0.9}, "b": {"w": 1.0}}) == 0.25
+    tradeoff.write({"toy": points}, tmp_path / "tradeoff.json", chosen=256)
+    written = read_json(tmp_path / "tradeoff.json")
+    assert written["chosen"] == 256 and [p["dataset"] for p in written["points"]] == ["toy"] * 3

@@ -453,23 +453,25 @@ def test_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_run
 
 
 @pytest.mark.slow
-def test_ddp_on_two_cpu_processes_keeps_the_step_and_the_losses_of_one_process(tmp_path):
+def test_ddp_on_two_cpu_processes_keeps_the_step_and_the_losses_of_one_process(tmp_path, monkeypatch):
+    # The stage's own path (`run_training`, as 02_train calls it): torchrun's processes, each building the
+    # held-out evaluator, against the same call in one process.
     from sentence_transformers import MultiVectorEncoder
 
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
-    single = {**tiny_config(tmp_path / "single", max_steps=3), "base_model": str(MODERNBERT)}
-    train(**single)
-    config = {**tiny_config(tmp_path / "ddp", max_steps=3), "base_model": str(MODERNBERT)}
-    config_file = tmp_path / "config.json"
-    config_file.write_text(json.dumps(config))
-    result = subprocess.run(
-        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "colbench.train", "--config", str(config_file)],
-        env=child_env(OMP_NUM_THREADS="1"),  # two processes on a shared machine
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    from colbench.train import run_training
+
+    shutil.copytree(FIXTURES / "beir_tiny", tmp_path / "datasets" / "tiny")
+    for name, value in child_env(OMP_NUM_THREADS="1").items():  # two processes on a shared machine
+        monkeypatch.setenv(name, value)
+
+    def stage(name: str, **distributed) -> tuple[dict, dict]:
+        config = {**tiny_config(tmp_path / name, max_steps=3), "base_model": str(MODERNBERT), "eval_steps": 3}
+        heldout = dict(dataset="tiny", datasets_dir=str(tmp_path / "datasets"),
+                       baseline_runs=str(tmp_path / name / "baseline_runs"))
+        return config, run_training(**config, evaluator_kwargs=heldout, **distributed)
+
+    single, one_summary = stage("single")
+    config, summary = stage("ddp", distributed="ddp", num_processes=2)
     record = read_json(Path(config["output_dir"]) / "colbench_train.json")
     assert record["world_size"] == 2
     assert record["batch_split"] == {"micro_batch": 2, "accumulation": 1, "document_chunk": None, "pack_documents": False}
@@ -477,13 +479,17 @@ def test_ddp_on_two_cpu_processes_keeps_the_step_and_the_losses_of_one_process(t
     assert len(digests) == 2 and digests[0] == digests[1] == record["parameter_sha256"]
     assert parameter_sha256(MultiVectorEncoder(config["output_dir"])) == record["parameter_sha256"]
     # The step stays batch 2 x accumulation 2 = 4 of the 16 queries (2 ranks x 2, no accumulation), the same
-    # queries as one process sees, so the same losses (to float summation order).
-    ddp = read_json(config["log_path"])["records"]
-    one = read_json(single["log_path"])["records"]
+    # queries as one process sees, so the same losses (to float summation order) and held-out numbers.
+    ddp = [r for r in read_json(config["log_path"])["records"] if "loss" in r]  # not step 0's evaluation
+    one = [r for r in read_json(single["log_path"])["records"] if "loss" in r]
     assert [(r["step"], r["epoch"]) for r in ddp] == [(1, 0.25), (2, 0.5), (3, 0.75)]
     for ours, theirs in zip(ddp, one, strict=True):
         assert ours["loss"] == pytest.approx(theirs["loss"], abs=1e-6)
         assert ours["grad_norm"] == pytest.approx(theirs["grad_norm"], rel=1e-4)
+    for key in ("heldout_start_ndcg@10", "heldout_end_ndcg@10", "heldout_end_recall@100"):
+        assert summary[key] == pytest.approx(one_summary[key], abs=1e-6), key
+    assert summary["queries_this_run"] == one_summary["queries_this_run"] == 12
+    assert (tmp_path / "ddp" / "baseline_runs" / "tiny.trec").read_text().split()[-1] == "untrained"
 
 
 @pytest.mark.parametrize(("n_rows", "per_device", "accumulation", "world", "drop_last", "epochs", "steps"), [
@@ -499,6 +505,19 @@ def test_the_planned_step_count_is_the_trainers(n_rows, per_device, accumulation
     args = SimpleNamespace(max_steps=-1, per_device_train_batch_size=per_device, gradient_accumulation_steps=accumulation,
                            world_size=world, dataloader_drop_last=drop_last, num_train_epochs=epochs)
     assert planned_steps(args, n_rows) == steps
+
+
+@pytest.mark.slow
+def test_the_planned_step_count_is_what_the_trainer_runs(tmp_path):
+    # `train` knows a finished run by this count: on an epoch whose last step is a partial accumulation (14 queries,
+    # 2 x 2 per step), a count one short would skip the last step of a resumed run, one too many retrain a finished one.
+    from colbench.train import build_trainer
+
+    config = {**tiny_config(tmp_path, max_steps=-1), "max_samples": 14}
+    del config["output_dir"]
+    trainer, run = build_trainer(**config)
+    trainer.train()
+    assert trainer.state.global_step == run["planned_steps"] == 4
 
 
 def test_a_batch_split_keeps_the_optimizer_step():

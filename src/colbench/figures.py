@@ -51,7 +51,8 @@ def plot_study(table: pd.DataFrame, path: str | Path, *, metric: str = "ndcg@10"
 
 def plot_costs(costs: pd.DataFrame, path: str | Path) -> Path:
     """Two panels per stage (and dataset): wall time in seconds, and peak resident memory in MiB."""
-    labels = [f"{s}" + (f" / {d}" if d else "") for s, d in zip(costs["stage"], costs["dataset"], strict=True)]
+    datasets = costs["dataset"] if "dataset" in costs else [""] * len(costs)
+    labels = [f"{s}" + (f" / {d}" if d else "") for s, d in zip(costs["stage"], datasets, strict=True)]
     y = np.arange(len(costs))
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 1.0 + 0.45 * max(len(costs), 3)), sharey=True)
     bars = left.barh(y, costs["wall_s"], color="tab:blue")
@@ -221,6 +222,7 @@ def placeholder(path: str | Path, text: str) -> Path:
 
 
 def _short(value: object) -> str:
-    # A model path's last two parts tell the fixtures apart (".../modernbert/base" vs ".../bert/base").
-    parts = Path(str(value)).parts
-    return "/".join(parts[-2:]) if len(parts) > 2 else str(value)
+    # A local model path's last four parts say what it is ("fixtures/pylate/modernbert/base": the tests' tiny
+    # random encoder, not ModernBERT-base) without the machine's own prefix; hub ids and settings stay whole.
+    parts = [part for part in Path(str(value)).parts if part not in (".", "..")]
+    return "/".join(parts[-4:]) if len(parts) > 4 or str(value).startswith((".", "/")) else str(value)

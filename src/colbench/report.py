@@ -93,7 +93,7 @@ def costs_table(costs_dir: str | Path) -> pd.DataFrame:
     One row per file: ``stage``, ``dataset``, ``unit``, ``items``, ``wall_s``, ``items_per_s``,
     ``peak_rss_mb`` (NaN when absent). ``dataset`` is the record's ``dataset`` key if it has one, else
     the file name's part after the stage name (``encode-scifact.json``, ``encode/scifact.json``), else
-    empty. Rows follow the pipeline's stage order, then dataset.
+    empty; the column is left out when every row's is empty. Rows follow the pipeline's stage order, then dataset.
     """
     costs_dir = Path(costs_dir)
     if not costs_dir.is_dir():
@@ -121,7 +121,9 @@ def costs_table(costs_dir: str | Path) -> pd.DataFrame:
     order = {stage: i for i, stage in enumerate(STAGE_ORDER)}
     table["_order"] = table["stage"].map(lambda s: order.get(s, len(order)))
     table = table.sort_values(["_order", "stage", "dataset"], kind="stable")
-    return table.drop(columns="_order").reset_index(drop=True)
+    # Stages measure all datasets at once: a column of empty cells would only puzzle the reader.
+    unused = ["dataset"] if len(table) and not table["dataset"].astype(bool).any() else []
+    return table.drop(columns=["_order", *unused]).reset_index(drop=True)
 
 
 def per_query_view(
@@ -221,17 +223,21 @@ def export_html(notebook_paths: Iterable[str | Path], out_dir: str | Path) -> li
 
 
 def write_index(reports_dir: str | Path, headline: pd.DataFrame, html_files: Iterable[str | Path], *,
-                run: Sequence[str] = (), sections: Sequence[tuple[str, str, pd.DataFrame]] = ()) -> Path:
-    """Write ``reports_dir/README.md``: what this run evaluated (``run``, Markdown lines), the headline table,
-    the ``sections`` that have rows (title, one sentence, table), links to the HTML notebooks, the figures
-    (every PNG under ``reports_dir``) and the tables (CSV / Markdown), all as relative links."""
+                run: Sequence[str] = (), headline_notes: Sequence[str] = (),
+                sections: Sequence[tuple[str, str, pd.DataFrame]] = ()) -> Path:
+    """Write ``reports_dir/README.md``: what this run evaluated (``run``, Markdown lines), the headline table
+    between ``headline_notes[0]`` (what it shows) and the rest (verdicts), the ``sections`` that have rows
+    (title, one sentence, table), links to the HTML notebooks, the figures (every PNG under ``reports_dir``)
+    and the tables (CSV / Markdown), all as relative links."""
     reports_dir = Path(reports_dir)
     index = reports_dir / "README.md"
 
     def rel(p: Path) -> str:
         return Path(os.path.relpath(Path(p).resolve(), reports_dir.resolve())).as_posix()
 
-    lines = ["# Report", "", *run, "", "## Headline", "", markdown_table(headline).rstrip(), ""]
+    intro, *verdicts = headline_notes or [""]
+    lines = ["# Report", "", *run, "", "## Headline", "", *([intro, ""] if intro else []),
+             markdown_table(headline).rstrip(), "", *([*verdicts, ""] if verdicts else [])]
     for title, sentence, table in sections:
         if len(table):
             lines += [f"## {title}", "", sentence, "", markdown_table(table).rstrip(), ""]
@@ -260,6 +266,18 @@ def ablation_table(ablations: pd.DataFrame) -> pd.DataFrame:
     for metric in ablations.attrs.get("metrics", []):
         shown[metric] = 100 * ablations[metric]
     return shown
+
+
+def experiments_origin(ablations: pd.DataFrame, provenance: Mapping[str, Any]) -> str:
+    """Which commit the snapshot's experiments ran on, beside this report's: a committed snapshot may be older
+    than the code that draws it (rerun the experiments to compare them with today's code)."""
+    baselines = ablations[ablations["role"] == "baseline"] if len(ablations) else ablations
+    if baselines.empty:
+        return ""
+    rev, when = str(baselines["rev"].iloc[0]), baselines["timestamp"].iloc[0]
+    here = str((provenance.get("git") or {}).get("revision") or "unknown")
+    return (f"The experiments ran on commit `{rev[:7]}`" + (f" ({when})" if isinstance(when, str) and when else "")
+            + f"; this report's code is commit `{here[:7]}`.")
 
 
 def run_description(provenance: Mapping[str, Any]) -> list[str]:
@@ -415,16 +433,22 @@ def write_report(params) -> Path:
     reports = params.path("reports")
     html = export_html(sorted((reports / "notebooks").glob("*.ipynb")), reports / "html")
     headline = pd.read_csv(reports / "study_table.csv")
+    provenance = read_json(reports / "provenance.json")
+    ablations = table_from_file(reports / "experiments.json")
     sections = [
-        ("Ablations", "DVC experiments (metrics x100); the baseline is this pipeline's committed configuration.",
-         ablation_table(table_from_file(reports / "experiments.json"))),
+        ("Ablations", "DVC experiments (metrics x100); the baseline is this pipeline's committed configuration. "
+         + experiments_origin(ablations, provenance), ablation_table(ablations)),
         ("Seed variance", "The same configuration under several training seeds (x100): spread across seeds, and where "
          "the reference value lies.", _read_csv(reports / "seeds.csv")),
         ("Encoders", "The same recipe on other base encoders (x100): difference to the baseline with its paired "
          "bootstrap interval, and per-query wins and losses.", _read_csv(reports / "encoders.csv")),
     ]
-    index = write_index(reports, headline, html, run=run_description(read_json(reports / "provenance.json")),
-                        sections=sections)
+    label, confidence = params.report.reference_label, params.evaluate.confidence
+    notes = [f"NDCG@10 (x100) per dataset with its {confidence:.0%} bootstrap interval over queries, against the "
+             f"{label} value (`report.reference_ndcg10`):",
+             reproduction_summary(headline, label, confidence=confidence)]
+    index = write_index(reports, headline, html, run=run_description(provenance),
+                        headline_notes=notes, sections=sections)
     print(f"report: {len(html)} notebooks exported to {reports / 'html'}; index {index}")
     return index
 
