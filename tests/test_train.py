@@ -25,15 +25,8 @@ from colbench.atomic import read_json, write_json
 from colbench.errors import InputError
 from colbench.kd import load_kd_dataset
 from colbench.model import load_colbert, parameter_sha256
-from colbench.train import (
-    CHECKPOINT_COMPLETE,
-    JsonLog,
-    config_hash,
-    prepare_checkpoints,
-    resolve_precision,
-    train,
-    training_arguments,
-)
+from colbench.checkpoints import CHECKPOINT_COMPLETE, JsonLog, config_hash, prepare_checkpoints
+from colbench.train import resolve_precision, train, training_arguments
 
 FIXTURES = Path(__file__).parent / "fixtures"
 KD = FIXTURES / "kd_tiny"

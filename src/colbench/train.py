@@ -5,20 +5,9 @@ Recipe (`train`): 1. model (`colbench.model.build_colbert`) -> 2. data (`load_kd
 (`MultiVectorEncoderTrainer`) -> 6. train, resuming from the last complete checkpoint of the same
 configuration -> 7. save the final model atomically, with `colbench_train.json` beside the weights.
 
-On-disk contract:
-- ``checkpoints_dir/colbench_checkpoints.json``: ``{"config_hash", "config"}``; checkpoints in the
-  folder belong to that configuration: everything the train stage's outputs depend on (settings but
-  `RESUME_NEUTRAL_KEYS`, data, the held-out evaluation, the code the stage runs and the libraries'
-  versions). A different hash clears the folder before training.
-- ``checkpoints_dir/baseline_runs/``: the held-out evaluator's run of the untrained model (step 0),
-  published to its evaluator's path at the end of every run, a resumed one included.
-- ``checkpoints_dir/checkpoint-<step>/``: the Hugging Face trainer's checkpoint (model, optimizer,
-  scheduler, RNG state, ``trainer_state.json``) plus ``colbench_complete.json``, written once the
-  checkpoint is whole; only such checkpoints are resumed from.
-- ``output_dir/``: a sentence-transformers `MultiVectorEncoder` folder plus ``colbench_train.json``
-  (params, seed, data manifest, config hash, provenance, final loss, parameter digests).
-- ``log_path``: JSON ``{"config_hash", "resumed_from_step", "records": [{step, epoch, loss,
-  learning_rate, grad_norm, eval_*...}], "summary"}``, rewritten atomically at every log.
+Outputs: ``output_dir``, a sentence-transformers `MultiVectorEncoder` folder plus ``colbench_train.json``
+(params, seed, data manifest, config hash, provenance, final loss, parameter digests); the checkpoints a
+killed run resumes from and the log, as :mod:`colbench.checkpoints` describes them.
 
 Distributed: the same entry point runs under ``torchrun --nproc_per_node N -m colbench.train ...``
 (DDP via the trainer and accelerate; gloo on CPU). Only rank 0 writes ``output_dir``, the log and
@@ -30,37 +19,39 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import hashlib
 import importlib
 import json
 import math
 import os
-import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainerCallback, TrainerState
-from transformers.trainer import TRAINER_STATE_NAME
+from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
 from colbench.atomic import atomic_dir, atomic_file, read_json, write_json
+from colbench.checkpoints import (
+    BASELINE_RUNS,
+    CheckpointBookkeeping,
+    JsonLog,
+    checkpoint_step,
+    config_hash,
+    prepare_checkpoints,
+    restore_finished_run,
+)
 from colbench.errors import InputError, exit_with
 from colbench.kd import kd_manifest, load_kd_dataset
 from colbench.model import parameter_sha256
 from colbench.provenance import code_digest, package_versions, provenance
 
-CHECKPOINT_CONFIG = "colbench_checkpoints.json"
-CHECKPOINT_COMPLETE = "colbench_complete.json"
 TRAIN_RECORD = "colbench_train.json"
-BASELINE_RUNS = "baseline_runs"  # in the checkpoints folder: the untrained model's runs, which a resumed run needs
 # Trainer arguments that change neither the weights nor anything else the train stage writes: a killed run may
 # resume under other values (more data-loader workers, say). Every other setting is part of the checkpoints'
 # configuration (`build_trainer`).
 RESUME_NEUTRAL_KEYS = ("save_steps", "save_total_limit", "dataloader_num_workers")
-LOG_KEYS = ("epoch", "loss", "learning_rate", "grad_norm")
 # The libraries the train stage trains and evaluates with (see `training_code`).
 TRAINING_PACKAGES = ("torch", "transformers", "sentence-transformers", "accelerate")
 
@@ -167,13 +158,7 @@ def keep_legacy_tf32_flags_readable() -> None:
         torch.set_float32_matmul_precision("high")
 
 
-# ------------------------------------------------------------------------------------- checkpoints
-def config_hash(config: dict[str, Any]) -> str:
-    """sha256 of the canonical JSON of ``config`` (sorted keys)."""
-    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
+# ------------------------------------------------------------------------- the run's configuration
 def training_code() -> dict[str, str | None]:
     """What the train stage runs: sha256 (16 hex characters) of every colbench file it reads (this module's import
     closure: training, loss, data, and the held-out evaluation's encoding, search and metrics) and the versions of
@@ -195,91 +180,6 @@ def evaluator_identity(evaluator) -> dict[str, Any] | None:
              if isinstance(value, (str, int, float, bool, type(None)))
              or (isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value))}
     return {"class": f"{type(evaluator).__module__}.{type(evaluator).__qualname__}", **plain}
-
-
-def _step(path: Path) -> int:
-    return int(path.name.split("-", 1)[1])
-
-
-def complete_checkpoints(checkpoints_dir: str | Path) -> list[Path]:
-    """Checkpoints written to the end (marker present), oldest first."""
-    folder = Path(checkpoints_dir)
-    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-", 1)[1].isdigit()]
-    return sorted((p for p in found if (p / CHECKPOINT_COMPLETE).is_file()), key=_step)
-
-
-def prepare_checkpoints(checkpoints_dir: str | Path, digest: str, config: dict[str, Any], *, main: bool) -> Path | None:
-    """The checkpoint to resume from, or ``None`` after clearing checkpoints of another config.
-
-    Only the main process changes the folder (call it main-first); the others only read it.
-    A checkpoint without the completion marker (a run killed while saving) is removed.
-    """
-    folder = Path(checkpoints_dir)
-    record = folder / CHECKPOINT_CONFIG
-    same = record.is_file() and read_json(record).get("config_hash") == digest
-    if main:
-        if not same and folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        for partial in folder.glob("checkpoint-*"):
-            if not (partial / CHECKPOINT_COMPLETE).is_file():
-                shutil.rmtree(partial)
-        if not same:
-            write_json(record, {"config_hash": digest, "config": config})
-    complete = complete_checkpoints(folder) if same else []
-    return complete[-1] if complete else None
-
-
-class CheckpointBookkeeping(TrainerCallback):
-    """After each checkpoint: drop the trainer's pickled ``training_args.bin`` (the project keeps no
-    pickle; resuming never reads it) and mark the checkpoint complete."""
-
-    def __init__(self) -> None:
-        self.trainer = None
-
-    def on_save(self, args, state, control, **kwargs):
-        if self.trainer is not None:
-            # Every rank writes its RNG state into the checkpoint: mark it only once all have.
-            self.trainer.accelerator.wait_for_everyone()
-        if state.is_world_process_zero:
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            (folder / "training_args.bin").unlink(missing_ok=True)
-            write_json(folder / CHECKPOINT_COMPLETE, {"step": state.global_step})
-        return control
-
-
-class JsonLog(TrainerCallback):
-    """Rewrite the training log at every log event, so that a killed run leaves a valid log.
-
-    Built from ``state.log_history``, which a resumed run restores from its checkpoint: the log of
-    a resumed run continues the steps of the interrupted one rather than restarting at 0.
-    """
-
-    def __init__(self, path: str | Path, header: dict[str, Any], canary=None) -> None:
-        self.path = Path(path)
-        self.header = header
-        self.canary = canary  # a colbench.training_curve.LossCanary whose events go into the log
-
-    def records(self, history: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        by_step: dict[int, dict[str, Any]] = {}
-        summary: dict[str, Any] = {}
-        for entry in history:
-            if "train_runtime" in entry:
-                summary = {k: v for k, v in entry.items() if k != "step"}
-                continue
-            row = by_step.setdefault(int(entry["step"]), {"step": int(entry["step"])})
-            row.update({k: v for k, v in entry.items() if k in LOG_KEYS or k.startswith("eval_")})
-        return [by_step[step] for step in sorted(by_step)], summary
-
-    def write(self, state) -> None:
-        records, summary = self.records(state.log_history)
-        canary = self.canary.events if self.canary else None
-        write_json(self.path, {**self.header, "records": records, "summary": summary, "canary": canary})
-
-    def on_log(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            self.write(state)
-        return control
 
 
 def _replica_digests(trainer, local: str) -> list[str]:
@@ -466,7 +366,7 @@ def build_trainer(
     # 5. Trainer.
     header = {
         "config_hash": digest,
-        "resumed_from_step": _step(resume_from) if resume_from else None,
+        "resumed_from_step": checkpoint_step(resume_from) if resume_from else None,
         "world_size": training_args.world_size,
     }
     watch = LossCanary(**canary) if canary and canary.get("reference") else None
@@ -507,17 +407,6 @@ def planned_steps(training_args, n_rows: int) -> int:
     return math.ceil(per_epoch * training_args.num_train_epochs)
 
 
-def restore_finished_run(trainer, checkpoint: Path, *, canary=None) -> None:
-    """The weights and trainer state of ``checkpoint``, as `trainer.train` would leave them after its last step."""
-    trainer._load_from_checkpoint(str(checkpoint))
-    trainer.state = TrainerState.load_from_json(str(checkpoint / TRAINER_STATE_NAME))
-    # The saved flags are rank 0's; the trainer sets each process's own when it trains.
-    trainer.state.is_world_process_zero = trainer.is_world_process_zero()
-    trainer.state.is_local_process_zero = trainer.is_local_process_zero()
-    if canary is not None:  # its verdicts, from the restored log, as at the start of a resumed run
-        canary.on_train_begin(trainer.args, trainer.state, trainer.control)
-
-
 def train(*, output_dir: str | Path, provenance_extra: dict[str, Any] | None = None, **settings: Any) -> Path:
     """Distil the teacher's scores into a ColBERT and save it to ``output_dir``: steps 1-5 are `build_trainer`
     (``settings`` are its keyword arguments: the KD folder, the model, loss and trainer settings of params.yaml
@@ -530,7 +419,7 @@ def train(*, output_dir: str | Path, provenance_extra: dict[str, Any] | None = N
     model, log, resume_from = trainer.model, run["log"], run["resume_from"]
 
     # 6. Train (resuming restores weights, optimizer, scheduler, RNG and data position).
-    if resume_from and _step(resume_from) >= run["planned_steps"]:
+    if resume_from and checkpoint_step(resume_from) >= run["planned_steps"]:
         # A finished run, rerun: restored, not trained. From a checkpoint at the end of a partial epoch the trainer
         # would run one step more, as it checks for the last step only after each step.
         restore_finished_run(trainer, resume_from, canary=log.canary)

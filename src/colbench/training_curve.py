@@ -151,10 +151,13 @@ def plot_training(log: Sequence[Mapping[str, Any]], path: str | Path, *, checkpo
     ax = axes[0, 0]
     if reference is not None:
         ax.plot(*reference, color="tab:gray", lw=1.5, label=f"{reference_label} (model card)")
-    ax.plot(steps, loss, color="tab:blue", alpha=0.3, lw=1, label="loss")
-    window = max(1, len(loss) // 10)
-    smooth = pd.Series(loss).rolling(window, min_periods=1).mean()
-    ax.plot(steps, smooth, color="tab:blue", lw=2, label=f"loss, mean of {window} logs")
+    window = len(loss) // 10
+    if window > 1:
+        ax.plot(steps, loss, color="tab:blue", alpha=0.3, lw=1, label="loss")
+        smooth = pd.Series(loss).rolling(window, min_periods=1).mean()
+        ax.plot(steps, smooth, color="tab:blue", lw=2, label=f"loss, mean of {window} logs")
+    else:  # under 20 logs: each one shown, not a "mean" of one
+        ax.plot(steps, loss, color="tab:blue", lw=2, marker=".", label="loss")
     outside = [(e["step"], e["loss"]) for e in canary if not e["inside"]]
     if outside:
         ax.plot(*zip(*outside, strict=True), "x", color="tab:red", ms=9, mew=2, label="canary: outside the band")
