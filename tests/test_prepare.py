@@ -26,13 +26,14 @@ HUB_FILES = {"train": "dataset.parquet", "queries": "english_queries.train.parqu
 
 
 
-def fake_hub(monkeypatch):
-    """Serve lightonai/ms-marco-en-bge from the tiny fixture through the real datasets loader."""
+def fake_hub(monkeypatch, cache_dir=None):
+    """Serve lightonai/ms-marco-en-bge from the tiny fixture through the real datasets loader (its cache files
+    under ``cache_dir`` when given)."""
     real = datasets.load_dataset
 
     def load(source, config, split, revision=None):
         assert source == "lightonai/ms-marco-en-bge" and split == "train"
-        return real(str(MSMARCO), config, split=split)
+        return real(str(MSMARCO), config, split=split, cache_dir=cache_dir and str(cache_dir))
 
     monkeypatch.setattr(datasets, "load_dataset", load)
 
@@ -211,9 +212,9 @@ def test_unreachable_hub_goes_offline_instead_of_retrying(tmp_path, monkeypatch)
 
 @pytest.mark.parametrize(("asked", "cached", "recorded"), [(None, "a" * 40, "a" * 40), (REV, REV, REV), (REV, "a" * 40, None)])
 def test_revision_is_the_commit_the_cache_holds(tmp_path, monkeypatch, asked, cached, recorded):
-    fake_hub(monkeypatch)
-    # The datasets cache keeps a hub dataset under <config>/<version>/<commit sha>/.
-    monkeypatch.setattr(kd, "_commit_of", lambda dataset: {cached})
+    # The datasets cache keeps a hub dataset under <config>/<version>/<commit sha>/: a folder of that name in
+    # the cache files' path is what the loaded dataset's revision is read from.
+    fake_hub(monkeypatch, cache_dir=tmp_path / "datasets-cache" / cached)
     if recorded is None:
         with pytest.raises(InputError, match=f"revision {REV} was asked for but the cache holds a{{40}}"):
             kd.prepare_kd("lightonai/ms-marco-en-bge", tmp_path / "kd", **kd_kwargs(revision=asked))

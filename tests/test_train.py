@@ -156,6 +156,17 @@ def test_bad_kd_data_is_refused_before_training(tmp_path, table, edit, expected)
         load_kd_dataset(folder, n_ways=4)
 
 
+def test_train_refuses_bad_kd_data_before_its_first_step_and_keeps_the_previous_model(tmp_path):
+    folder = _corrupt(tmp_path, "train.parquet", _set(6, scores=[0.5, float("nan")] + [0.1] * 10))
+    config = {**tiny_config(tmp_path / "run"), "kd_dir": str(folder)}
+    Path(config["output_dir"]).mkdir(parents=True)
+    (Path(config["output_dir"]) / "model.safetensors").write_text("the previous run's model")
+    with pytest.raises(InputError, match=r"non-finite score\(s\) \(NaN/inf\), e\.g\. in query 'q6'"):
+        train(**config)
+    assert not Path(config["checkpoints_dir"]).exists() and not Path(config["log_path"]).exists()
+    assert (Path(config["output_dir"]) / "model.safetensors").read_text() == "the previous run's model"
+
+
 def test_a_bad_score_beyond_the_first_n_ways_candidates_is_refused_too(tmp_path):
     # Never trained on, but prepare never writes one: its presence means the folder was damaged.
     folder = _corrupt(tmp_path, "train.parquet", _set(0, scores=[0.5] * 11 + [float("nan")]))
@@ -234,6 +245,12 @@ def test_a_run_too_short_to_log_a_loss_is_refused_before_training(tmp_path, over
     with pytest.raises(InputError, match=rf"logging_steps is {steps + 1}, but this run has {steps} optimizer step"):
         train(**tiny_config(tmp_path, **overrides, logging_steps=steps + 1))
     assert not (tmp_path / "model").exists() and not list((tmp_path / "checkpoints").glob("checkpoint-*"))
+
+
+def test_a_short_run_that_logs_its_first_step_trains(tmp_path):
+    # bench/train_gpu.py's smoke: 4 steps, logging every 5 but step 1 too.
+    train(**tiny_config(tmp_path, max_steps=4, logging_steps=5, logging_first_step=True))
+    assert [r["step"] for r in read_json(tmp_path / "train_log.json")["records"] if "loss" in r] == [1]
 
 
 def test_config_hash_ignores_key_order_but_not_values():

@@ -327,7 +327,9 @@ def build_trainer(
         micro_batch=micro_batch, eval_steps=eval_steps, with_evaluator=evaluator is not None,
     )
     steps = planned_steps(training_args, dataset.num_rows)
-    if training_args.logging_steps > steps:  # the run would fail only after training: its curve needs a loss
+    # The run would fail only after training: its curve needs a loss (logging_first_step, which bench/train_gpu.py
+    # sets, logs step 1's).
+    if training_args.logging_steps > steps and not training_args.logging_first_step:
         raise InputError(f"train.args.logging_steps is {training_args.logging_steps}, but this run has {steps} "
                          f"optimizer step(s) ({dataset.num_rows} training queries): no loss would be logged. Set "
                          f"train.args.logging_steps to at most {steps}.")
