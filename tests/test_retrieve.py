@@ -232,15 +232,17 @@ def test_the_tradeoff_sweep_scores_exact_search_and_each_ef_on_the_same_queries(
     points = tradeoff.sweep(qstore, dstore, open_index(tmp_path / "i", dstore), qrels, k=10, ef_values=[4, 256],
                             tokens_per_query_token=4, dtype="float32", block_tokens=4096, ignore_identical_ids=False)
     assert [(p["mode"], p["setting"]) for p in points] == [("exact", "exact"), ("hnsw", 4), ("hnsw", 256)]
-    reference, narrow, wide = points
+    reference, *hnsw = points
     assert reference["recall_vs_exact@10"] == 1.0 and 0 < reference["ndcg@10"] < 1
-    # ef 4 misses nearest tokens that ef 256 finds: here, enough to lose relevant documents exact search ranks first.
-    assert narrow["ndcg@10"] < wide["ndcg@10"] == pytest.approx(reference["ndcg@10"])
-    assert narrow["recall_vs_exact@10"] <= wide["recall_vs_exact@10"] < 1  # 4 tokens per query token: fewer candidates
-    wide_run = search(qstore, dstore, k=10, mode="hnsw", index=open_index(tmp_path / "i", dstore), dtype="float32",
-                      tokens_per_query_token=4, ef_search=256)
-    assert wide["recall_vs_exact@10"] == pytest.approx(tradeoff.overlap(wide_run, exact))
-    assert all(p["qps"] > 0 for p in points)
+    index = open_index(tmp_path / "i", dstore)
+    for point in hnsw:  # each point is what that ef_search gives: its run's overlap with exact search's
+        run = search(qstore, dstore, k=10, mode="hnsw", index=index, dtype="float32", tokens_per_query_token=4,
+                     ef_search=point["setting"])
+        assert point["recall_vs_exact@10"] == pytest.approx(tradeoff.overlap(run, exact))
+        assert point["qps"] > 0
+    # 4 tokens per query token gather fewer candidates than exact search scores; a wide search still finds the
+    # documents that decide NDCG@10 here.
+    assert hnsw[-1]["recall_vs_exact@10"] < 1 and hnsw[-1]["ndcg@10"] == pytest.approx(reference["ndcg@10"])
 
     # overlap: the share of the reference's top-k found, averaged over the reference's queries.
     assert tradeoff.overlap({"a": {"x": 1.0, "y": 0.5}}, {"a": {"x": 1.0, "z": 0.9}, "b": {"w": 1.0}}) == 0.25

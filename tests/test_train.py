@@ -22,10 +22,10 @@ import torch
 from transformers import TrainerCallback
 
 from colbench.atomic import read_json, write_json
+from colbench.checkpoints import CHECKPOINT_COMPLETE, JsonLog, config_hash, prepare_checkpoints
 from colbench.errors import InputError
 from colbench.kd import load_kd_dataset
 from colbench.model import load_colbert, parameter_sha256
-from colbench.checkpoints import CHECKPOINT_COMPLETE, JsonLog, config_hash, prepare_checkpoints
 from colbench.train import resolve_precision, train, training_arguments
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -473,6 +473,8 @@ def test_ddp_on_two_cpu_processes_keeps_the_step_and_the_losses_of_one_process(t
     shutil.copytree(FIXTURES / "beir_tiny", tmp_path / "datasets" / "tiny")
     for name, value in child_env(OMP_NUM_THREADS="1").items():  # two processes on a shared machine
         monkeypatch.setenv(name, value)
+    launch = subprocess.run  # torchrun, bounded: a stuck rendezvous must fail the test, not hang `make test`
+    monkeypatch.setattr(subprocess, "run", lambda *args, **kwargs: launch(*args, **{"timeout": 300, **kwargs}))
 
     def stage(name: str, **distributed) -> tuple[dict, dict]:
         config = {**tiny_config(tmp_path / name, max_steps=3), "base_model": str(MODERNBERT), "eval_steps": 3}

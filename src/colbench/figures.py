@@ -224,5 +224,6 @@ def placeholder(path: str | Path, text: str) -> Path:
 def _short(value: object) -> str:
     # A local model path's last four parts say what it is ("fixtures/pylate/modernbert/base": the tests' tiny
     # random encoder, not ModernBERT-base) without the machine's own prefix; hub ids and settings stay whole.
-    parts = [part for part in Path(str(value)).parts if part not in (".", "..")]
+    path = Path(str(value))
+    parts = [part for part in path.parts if part not in (".", "..", path.anchor)]
     return "/".join(parts[-4:]) if len(parts) > 4 or str(value).startswith((".", "/")) else str(value)
