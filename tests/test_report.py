@@ -152,7 +152,8 @@ def test_export_html_and_index(tmp_path):
     ablations.attrs.update(params=["train.args.learning_rate"], metrics=["ndcg@10/scifact"])
     run = report.run_description({"model": "/models/published", "seed": {"base": 42, "train": 7},
                                   "git": {"revision": "0123456789abcdef", "dirty": False}})
-    index = report.write_index(reports, headline, [html], run=run, headline_notes=["What it shows:", "- verdict"],
+    index = report.write_index(reports, headline, [html], run=run, headline_intro="What it shows:",
+                               headline_verdicts="- verdict",
                                sections=[("Ablations", "Experiments.", report.ablation_table(ablations)),
                                          ("Seed variance", "None yet.", pd.DataFrame())]).read_text()
     assert index.index("What it shows:") < index.index("| scifact | 73.10 |") < index.index("- verdict")

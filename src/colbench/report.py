@@ -223,10 +223,10 @@ def export_html(notebook_paths: Iterable[str | Path], out_dir: str | Path) -> li
 
 
 def write_index(reports_dir: str | Path, headline: pd.DataFrame, html_files: Iterable[str | Path], *,
-                run: Sequence[str] = (), headline_notes: Sequence[str] = (),
+                run: Sequence[str] = (), headline_intro: str = "", headline_verdicts: str = "",
                 sections: Sequence[tuple[str, str, pd.DataFrame]] = ()) -> Path:
     """Write ``reports_dir/README.md``: what this run evaluated (``run``, Markdown lines), the headline table
-    between ``headline_notes[0]`` (what it shows) and the rest (verdicts), the ``sections`` that have rows
+    between ``headline_intro`` (what it shows) and ``headline_verdicts``, the ``sections`` that have rows
     (title, one sentence, table), links to the HTML notebooks, the figures (every PNG under ``reports_dir``)
     and the tables (CSV / Markdown), all as relative links."""
     reports_dir = Path(reports_dir)
@@ -235,9 +235,8 @@ def write_index(reports_dir: str | Path, headline: pd.DataFrame, html_files: Ite
     def rel(p: Path) -> str:
         return Path(os.path.relpath(Path(p).resolve(), reports_dir.resolve())).as_posix()
 
-    intro, *verdicts = headline_notes or [""]
-    lines = ["# Report", "", *run, "", "## Headline", "", *([intro, ""] if intro else []),
-             markdown_table(headline).rstrip(), "", *([*verdicts, ""] if verdicts else [])]
+    lines = ["# Report", "", *run, "", "## Headline", "", *([headline_intro, ""] if headline_intro else []),
+             markdown_table(headline).rstrip(), "", *([headline_verdicts, ""] if headline_verdicts else [])]
     for title, sentence, table in sections:
         if len(table):
             lines += [f"## {title}", "", sentence, "", markdown_table(table).rstrip(), ""]
@@ -444,11 +443,11 @@ def write_report(params) -> Path:
          "bootstrap interval, and per-query wins and losses.", _read_csv(reports / "encoders.csv")),
     ]
     label, confidence = params.report.reference_label, params.evaluate.confidence
-    notes = [f"NDCG@10 (x100) per dataset with its {confidence:.0%} bootstrap interval over queries, against the "
-             f"{label} value (`report.reference_ndcg10`):",
-             reproduction_summary(headline, label, confidence=confidence)]
-    index = write_index(reports, headline, html, run=run_description(provenance),
-                        headline_notes=notes, sections=sections)
+    intro = (f"NDCG@10 (x100) per dataset with its {confidence:.0%} bootstrap interval over queries, against the "
+             f"{label} value (`report.reference_ndcg10`):")
+    index = write_index(reports, headline, html, run=run_description(provenance), headline_intro=intro,
+                        headline_verdicts=reproduction_summary(headline, label, confidence=confidence),
+                        sections=sections)
     print(f"report: {len(html)} notebooks exported to {reports / 'html'}; index {index}")
     return index
 
