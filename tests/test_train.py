@@ -102,6 +102,24 @@ def test_kd_dataset_resolves_ids_to_texts_in_stored_order():
     assert row["scores"] == pytest.approx(raw[1]["scores"][:3])
 
 
+@pytest.mark.slow
+def test_a_kd_set_with_more_than_2_gib_of_document_text_loads(tmp_path):
+    # The study's documents hold about 3 GB of text: more than one string array's 32-bit offsets address, which
+    # broke loading once (datasets pickled the whole column to fingerprint it). Found by bench/prepare_cpu.py.
+    import pyarrow.compute as pc
+
+    n, text = 1_100_000, "passage " * 250  # 2,000 characters each: 2.2 GB in all
+    ids = pc.cast(pa.array(np.arange(n)), pa.string())
+    documents = pa.table({"document_id": ids, "text": pa.chunked_array([pa.repeat(pa.scalar(text), n // 2)] * 2)})
+    assert documents["text"].nbytes > 2**31
+    pq.write_table(documents, tmp_path / "documents.parquet")  # dictionary-encoded on disk: small
+    pq.write_table(pa.table({"query_id": ["q0", "q1"], "text": ["first query", "second query"]}), tmp_path / "queries.parquet")
+    pq.write_table(pa.table({"query_id": ["q0", "q1"], "document_ids": [["0", "1", "2"], [str(n - 1), "5", "6"]],
+                             "scores": [[3.0, 2.0, 1.0], [1.0, 0.5, 0.0]]}), tmp_path / "train.parquet")
+    row = load_kd_dataset(tmp_path, n_ways=3)[1]
+    assert row["query"] == "second query" and row["document_1"] == text and row["scores"] == [1.0, 0.5, 0.0]
+
+
 def test_loading_the_kd_set_leaves_no_copy_in_the_datasets_cache(tmp_path, monkeypatch):
     # At the study's size an Arrow copy of the prepared set is about 4 GB, made anew for every folder the set is
     # prepared in (each `dvc exp run --temp`) and never removed.

@@ -14,6 +14,7 @@ Sources: a hub dataset id (configs train/queries/documents), a local folder with
 
 from __future__ import annotations
 
+import hashlib
 import re
 import sys
 from pathlib import Path
@@ -365,7 +366,13 @@ def _read_table(folder: Path, name: str):
     # In memory (the study's documents take about 3 GB), not `Dataset.from_parquet`: that converts the file into an
     # uncompressed Arrow copy in the datasets cache, kept for good and made anew for every path and modification
     # time (each new prepare, each `dvc exp run --temp`): about 4 GB of disk each time at the study's size.
-    return Dataset(pq.read_table(path))
+    # With a fingerprint of its own: without one, datasets hashes the whole table, pickled as one array per column,
+    # which at the study's size fails (3 GB of document text overflow a string array's offsets;
+    # bench/prepare_cpu.py found it). Nothing is cached under this fingerprint (the texts are joined per batch
+    # by a transform, never by `map`), so the file's identity is enough.
+    stat = path.stat()
+    identity = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    return Dataset(pq.read_table(path), fingerprint=hashlib.sha256(identity.encode()).hexdigest()[:32])
 
 
 def load_kd_dataset(folder: str | Path, *, n_ways: int, max_samples: int | None = None):
