@@ -25,7 +25,7 @@ SEEDS ?= 1 2 3
 ENCODERS ?= ../tests/fixtures/pylate/modernbert/base ../tests/fixtures/pylate/bert/base
 EXP_FLAGS ?=
 
-.PHONY: install demo study test test-fast ablation seeds encoders check-params docs bench-retrieval bench-train bench-gpu clean-demo
+.PHONY: install demo study test test-fast ablation seeds encoders check-params docs bench-retrieval bench-train bench-prepare bench-gpu clean-demo
 
 install: $(VENV)/.installed
 
@@ -89,6 +89,10 @@ bench-retrieval: install
 bench-train: install
 	python bench/train_cpu.py
 	python bench/packing_cpu.py
+
+# The prepare stage and the distillation set's loading at the study's size (CPU, about 25 GB of disk).
+bench-prepare: install
+	python bench/prepare_cpu.py
 
 # The GPU benchmarks (training levers, the study's other stages): one command, at most 7.5 minutes on one H200 (it ends itself by 450 s).
 bench-gpu: install

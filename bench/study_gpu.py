@@ -34,6 +34,12 @@ Stages, what is measured and how it is projected to the study's size (each row o
   cheaper). MaxSim's products run where `retrieve.device` says (the study's `auto`: the GPU); one more row
   runs exact search on the CPU cores, with the share of its top 100 the GPU's run found (not in the total).
 - evaluate (`colbench.evaluate.evaluate_protocols`) of the hnsw run against synthetic qrels: per query, linear.
+- train, held-out evaluations (``train.eval``: NanoBEIR's 13 subsets, 56,723 documents and 649 queries, encoded
+  anew at step 0, every 5,000 steps and at the end: 12 times), which bench/train_gpu.py's rate leaves out: the
+  encode rows' time per FiQA document and query x NanoBEIR's.
+- prepare from a warm cache, and the train stage's loading of the distillation set: CPU and disk work, measured at
+  the study's size by bench/prepare_cpu.py on the machine its result names (``--prepare-json``, by default the
+  committed reports/bench/prepare_cpu.json), added as measured.
 - train: read from bench/train_gpu.py's JSON (``--train-json``): params.yaml's configuration and the fastest of
   its finished rows (a sweep stopped early writes ``"complete": false``; its finished rows are used and the
   output says so). A file in another format (an old one) or, with ``--run-id``, of another run is not used:
@@ -42,7 +48,7 @@ Stages, what is measured and how it is projected to the study's size (each row o
 The result files are written after each of encode, index and retrieve too (``"complete": false``, the output
 says where it stopped), so a run stopped by bench/gpu.sh's timeout keeps what it measured.
 
-Not timed: the prepare stage (downloads), the report stage, the untrained model's baseline runs. Indexing and
+Not timed: downloads, the report stage, the training's checkpoints (10 of about 1.8 GB written). Indexing and
 the token search run on the CPU cores (16 on the H200 machine), as in the pipeline.
 
     python bench/study_gpu.py                      # one H200: about 2 minutes, reports/bench/study_gpu.*
@@ -80,6 +86,11 @@ from train_gpu import (  # noqa: E402
 )
 
 TARGET_HOURS = 3.0
+# sentence-transformers/NanoBEIR-en, the study's held-out set: documents and queries over its 13 subsets (ClimateFEVER
+# 3,408, DBPedia 6,045, FEVER 4,996, FiQA2018 4,598, HotpotQA 5,090, MSMARCO 5,043, NFCorpus 2,953, NQ 5,035,
+# QuoraRetrieval 5,046, SCIDOCS 2,210, ArguAna 3,635, SciFact 2,919, Touche2020 5,745 documents; 50 queries each,
+# 49 for Touche2020).
+NANOBEIR = (56_723, 649)
 # name: (documents, test queries, mean words per document, mean words per query); BEIR paper, Table 1.
 DATASETS = {
     "fiqa": (57_638, 648, 132.3, 10.8),
@@ -210,6 +221,9 @@ def run(options: argparse.Namespace, work: Path, save) -> dict:
                    "method": f"{fixed:.2f} s fixed per call x {len(sets)} sets + FiQA's time per document x every "
                              "set's documents; not in the total", "in_total": False})
     result["encode_fixed_s_per_call"] = fixed
+    held_out = held_out_evaluations(params, sets, fixed)
+    if held_out:
+        stages.append(held_out)
     save(result)
 
     # ---- index: the first FiQA documents up to --index-vectors token vectors, and half as many.
@@ -295,6 +309,47 @@ def run(options: argparse.Namespace, work: Path, save) -> dict:
     return result
 
 
+def held_out_evaluations(params, sets: dict, fixed: float) -> dict | None:
+    """The train stage's held-out evaluations (``train.eval``), which bench/train_gpu.py's rate leaves out: at step 0,
+    every ``eval.steps`` steps and at the end, each encoding the held-out set's documents and queries anew. Projected
+    with the encode rows' time per item (FiQA's, or the set's own when ``eval.dataset`` is one of them); the MaxSim
+    over a few thousand documents per query set is left out."""
+    ev, args = params.train.eval, params.train.args
+    if ev.dataset is None or (ev.dataset != "nanobeir" and ev.dataset not in sets):
+        return None
+    steps = math.ceil(STUDY_QUERIES / (args.per_device_train_batch_size * args.gradient_accumulation_steps))
+    evaluations = 1 + steps // ev.steps + (steps % ev.steps > 0)
+    rates = sets["fiqa" if ev.dataset == "nanobeir" else ev.dataset]
+    docs, queries = NANOBEIR if ev.dataset == "nanobeir" else (rates["documents"], rates["queries"])
+    once = (max(0.0, rates["documents_s"] - fixed) / rates["measured_documents"] * docs
+            + max(0.0, rates["queries_s"] - fixed) / rates["measured_queries"] * queries)
+    return {"stage": f"train: held-out evaluations (train.eval: {ev.dataset}, every {ev.steps:,} steps)",
+            "measured": "the encode rows above", "seconds": None, "rate": f"{once:.1f} s each",
+            "study_items": f"{evaluations} evaluations of {docs:,} documents, {queries:,} queries",
+            "projected_s": evaluations * once,
+            "method": f"{'FiQA' if ev.dataset == 'nanobeir' else ev.dataset}'s encoding time per document and per query "
+                      "x the set's; MaxSim left out", "in_total": True}
+
+
+def add_cpu_stages(result: dict, prepare_json: Path) -> None:
+    """The rows of bench/prepare_cpu.py's result (the prepare stage from a warm cache, the train stage's loading of
+    the distillation set), measured on the machine it names; a missing or partial file adds a row saying so."""
+    data = json.loads(prepare_json.read_text()) if prepare_json.is_file() else {}
+    if data.get("bench") != "prepare_cpu" or not data.get("complete") or data.get("scale") != 1:
+        result["stages"].append({"stage": "prepare from a warm cache; train: distillation set loaded",
+                                 "measured": f"not measured: no full-size result in {prepare_json}", "seconds": None,
+                                 "rate": "", "study_items": "", "projected_s": 0.0,
+                                 "method": "bench/prepare_cpu.py measures both", "in_total": False})
+        return
+    where = f"{data['machine']} ({data['cpus']} CPUs), {data['date']}: bench/prepare_cpu.py"
+    for label, seconds in (("prepare from a warm cache (CPU)", data["warm_prepare_s"]),
+                           ("train: distillation set loaded and checked (CPU)", data["train_load_s"])):
+        result["stages"].append({"stage": label, "measured": f"the study's size, synthetic, on {where}",
+                                 "seconds": seconds, "rate": "", "study_items": "the study's size",
+                                 "projected_s": seconds, "method": "measured at full size on that machine",
+                                 "in_total": True})
+
+
 def read_training(train_json: Path, run_id: str | None) -> tuple[dict, str | None]:
     """bench/train_gpu.py's result, or ``({}, why it is not used)``.
 
@@ -333,8 +388,8 @@ def add_training(result: dict, train_json: Path, run_id: str | None = None) -> N
                 "stage": label, "measured": f"{row['steps_timed']} optimizer steps", "seconds": None,
                 "rate": f"{row['queries_per_s']:.1f} queries/s (target {TARGET_QUERIES_PER_S})",
                 "study_items": f"{STUDY_QUERIES:,} queries", "projected_s": STUDY_QUERIES / row["queries_per_s"],
-                "method": "linear (bench/train_gpu.py)", "in_total": row is best})  # the fastest counts in the total
-    other = sum(s["projected_s"] for s in result["stages"] if s["in_total"] and not s["stage"].startswith("train"))
+                "method": "linear (bench/train_gpu.py)", "in_total": row is best, "training_rate": True})  # the fastest counts in the total
+    other = sum(s["projected_s"] for s in result["stages"] if s["in_total"] and not s.get("training_rate"))
     result["total_hours"] = {
         "without_training": other / 3600,
         "with_fastest_training": (other + STUDY_QUERIES / best["queries_per_s"]) / 3600 if best else None,
@@ -397,6 +452,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out-dir", type=Path, help=f"where study_gpu.json / .md go (default reports/bench; with --smoke {SMOKE_OUT})")
     parser.add_argument("--train-json", type=Path, help="bench/train_gpu.py's result (default: train_gpu.json in --out-dir)")
+    parser.add_argument("--prepare-json", type=Path, default=REPO / "reports" / "bench" / "prepare_cpu.json",
+                        help="bench/prepare_cpu.py's result (the prepare stage and the distillation set's loading, "
+                             "measured on a CPU machine; default: the committed one)")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny model, tiny sizes, output to a temporary folder")
     parser.add_argument("--fraction", type=float, default=0.05, help="share of each set's documents encoded")
@@ -437,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     def save(measured: dict) -> dict:
         result = copy.deepcopy(measured)  # the training rows are added to a copy: `run` keeps appending stages
         result["last_measured_stage"] = result["stages"][-1]["stage"]
+        add_cpu_stages(result, options.prepare_json)
         add_training(result, options.train_json or out_dir / "train_gpu.json", options.run_id)
         result["provenance"] = recorded
         write_json(out_dir / "study_gpu.json", result)
