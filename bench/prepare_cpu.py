@@ -18,7 +18,11 @@ its waited-for descendants (`os.wait4`):
    includes the datasets library's one-time conversion of the hub's parquet files into its Arrow cache.
 2. ``prepare from a warm cache``: the same command again (the prepared folders are rewritten): the study's
    target counts this one.
-3. ``train: distillation set loaded``: `colbench.kd.load_kd_dataset` on the prepared folder, as the train stage
+3. ``train stage, 3 steps of a tiny ModernBERT``: the train stage as `dvc repro` runs it (papermill,
+   notebooks/02_train.ipynb) on that prepared set, with params.yaml's settings (32-way, 4 x 4, 4 data-loader
+   workers) but for the model (the tests' tiny random ModernBERT), 3 steps and no held-out set: what the stage
+   costs beside its steps at this size (start-up, loading the set, the trainer, saving).
+4. ``train: distillation set loaded``: `colbench.kd.load_kd_dataset` on the prepared folder, as the train stage
    calls it (read, `check_kd`, `resolve_ids`), then ``--batches`` batches of 16 rows read through its transform,
    as the data loader reads each optimizer step's texts.
 
@@ -58,6 +62,7 @@ HUB_ID = "lightonai/ms-marco-en-bge"
 SIZES = {"documents": 8_841_823, "queries": 808_731, "train": 808_728}  # the hub set's card
 CANDIDATES = 32
 POOL = 200_000
+TRAIN_STEPS = 3
 CHUNK = 1_000_000  # documents per generated chunk: one string array stays far below 2 GiB
 # The hub snapshot's card: the configs and files `datasets.load_dataset(<snapshot folder>, config)` reads.
 CARD = """---
@@ -237,25 +242,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prepare_cpu: synthetic data written in {time.monotonic() - started:.0f} s", flush=True)
     pipeline = work / "pipeline"
     pipeline.mkdir(parents=True)
-    # The stage's preflight checks every resource of the run; the two the prepare stage does not read (the base
-    # model, the held-out set) point at what this machine has.
+    # The prepare stage's preflight checks every resource of the run: the base model and the held-out set, which
+    # it does not read, point at what this machine has. The train stage runs 3 steps of that tiny model.
     params["train"]["base_model"] = str(REPO / "tests" / "fixtures" / "pylate" / "modernbert" / "base")
     params["train"]["eval"]["dataset"] = None
+    params["train"]["args"].update(max_steps=TRAIN_STEPS, logging_steps=1)
     (pipeline / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(work / "hub"), HF_DATASETS_CACHE=str(work / "datasets"),
                COLBENCH_BEIR_CACHE=str(work / "beir"), TOKENIZERS_PARALLELISM="false", TQDM_DISABLE="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])))
     shutil.rmtree(work / "datasets", ignore_errors=True)  # the first run converts the hub's files anew
-    stage = [sys.executable, "-m", "papermill", "--no-progress-bar", str(REPO / "notebooks" / "01_prepare.ipynb"),
-             "reports/notebooks/01_prepare.ipynb", "-p", "params_file", "params.yaml"]
+    def stage(notebook: str) -> list[str]:  # as dvc.yaml runs a stage
+        return [sys.executable, "-m", "papermill", "--no-progress-bar", str(REPO / "notebooks" / notebook),
+                f"reports/notebooks/{notebook}", "-p", "params_file", "params.yaml"]
+
     (pipeline / "reports" / "notebooks").mkdir(parents=True)
     phases = []
     what = "papermill notebooks/01_prepare.ipynb (kd.prepare_kd, beir_data.prepare_beir x 4, the output checks)"
     for phase in ("prepare, first run after `hf download` (with datasets' parquet -> Arrow conversion)",
                   "prepare from a warm cache"):
-        phases.append({"phase": phase, **child(stage, env, pipeline), "what": what,
+        phases.append({"phase": phase, **child(stage("01_prepare.ipynb"), env, pipeline), "what": what,
                        "stage_cost": json.loads((pipeline / "reports" / "costs" / "prepare.json").read_text())})
         print(f"prepare_cpu: {phase}: {phases[-1]['wall_s']:.0f} s, {phases[-1]['peak_rss_mb']:,} MiB", flush=True)
+    phases.append({"phase": f"train stage, {TRAIN_STEPS} steps of a tiny ModernBERT",
+                   **child(stage("02_train.ipynb"), env, pipeline),
+                   "what": "papermill notebooks/02_train.ipynb: the study's settings and data-loader workers, "
+                           "the tiny test model (the start-up, loading, steps and saving at this size)",
+                   "stage_cost": json.loads((pipeline / "reports" / "costs" / "train.json").read_text())})
+    print(f"prepare_cpu: {phases[-1]['phase']}: {phases[-1]['wall_s']:.0f} s", flush=True)
     loaded = child([sys.executable, __file__, "--child-load", str(pipeline / "data" / "kd"), "--batches",
                     str(options.batches)], env, REPO)
     load = json.loads(loaded.pop("last_line"))
@@ -275,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         "documents_text_gb": text_bytes / 1e9, "machine": cpu_name(), "cpus": os.cpu_count(),
         "date": time.strftime("%Y-%m-%d"), "commit": git["revision"], "dirty": git["dirty"],
         "phases": phases, "load": load,
-        "warm_prepare_s": phases[1]["wall_s"], "train_load_s": load["load_s"],
+        "warm_prepare_s": phases[1]["wall_s"], "train_stage_s": phases[2]["stage_cost"]["wall_s"],
+        "train_load_s": load["load_s"],
     }
     options.out_dir.mkdir(parents=True, exist_ok=True)
     write_json(options.out_dir / "prepare_cpu.json", result)

@@ -37,8 +37,9 @@ Stages, what is measured and how it is projected to the study's size (each row o
 - train, held-out evaluations (``train.eval``: NanoBEIR's 13 subsets, 56,723 documents and 649 queries, encoded
   anew at step 0, every 5,000 steps and at the end: 12 times), which bench/train_gpu.py's rate leaves out: the
   encode rows' time per FiQA document and query x NanoBEIR's.
-- prepare from a warm cache, and the train stage's loading of the distillation set: CPU and disk work, measured at
-  the study's size by bench/prepare_cpu.py on the machine its result names (``--prepare-json``, by default the
+- prepare from a warm cache, and what the train stage costs beside its steps (start-up, loading the distillation
+  set, saving; run for 3 steps of a tiny model): CPU and disk work, measured at the study's size by
+  bench/prepare_cpu.py on the machine its result names (``--prepare-json``, by default the
   committed reports/bench/prepare_cpu.json), added as measured.
 - train: read from bench/train_gpu.py's JSON (``--train-json``): params.yaml's configuration and the fastest of
   its finished rows (a sweep stopped early writes ``"complete": false``; its finished rows are used and the
@@ -332,18 +333,20 @@ def held_out_evaluations(params, sets: dict, fixed: float) -> dict | None:
 
 
 def add_cpu_stages(result: dict, prepare_json: Path) -> None:
-    """The rows of bench/prepare_cpu.py's result (the prepare stage from a warm cache, the train stage's loading of
-    the distillation set), measured on the machine it names; a missing or partial file adds a row saying so."""
+    """The rows of bench/prepare_cpu.py's result (the prepare stage from a warm cache; the train stage run for 3 steps
+    of a tiny model: what it costs beside its steps), measured on the machine it names; a missing or partial file
+    adds a row saying so."""
     data = json.loads(prepare_json.read_text()) if prepare_json.is_file() else {}
     if data.get("bench") != "prepare_cpu" or not data.get("complete") or data.get("scale") != 1:
-        result["stages"].append({"stage": "prepare from a warm cache; train: distillation set loaded",
+        result["stages"].append({"stage": "prepare from a warm cache; train stage beside its steps",
                                  "measured": f"not measured: no full-size result in {prepare_json}", "seconds": None,
                                  "rate": "", "study_items": "", "projected_s": 0.0,
                                  "method": "bench/prepare_cpu.py measures both", "in_total": False})
         return
     where = f"{data['machine']} ({data['cpus']} CPUs), {data['date']}: bench/prepare_cpu.py"
     for label, seconds in (("prepare from a warm cache (CPU)", data["warm_prepare_s"]),
-                           ("train: distillation set loaded and checked (CPU)", data["train_load_s"])):
+                           ("train stage beside its steps: start-up, distillation set, saving (CPU)",
+                            data["train_stage_s"])):
         result["stages"].append({"stage": label, "measured": f"the study's size, synthetic, on {where}",
                                  "seconds": seconds, "rate": "", "study_items": "the study's size",
                                  "projected_s": seconds, "method": "measured at full size on that machine",

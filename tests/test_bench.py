@@ -51,19 +51,20 @@ def test_the_gpu_benchmarks_measure_training_and_project_the_study_at_smoke_size
     # The stages that run no GPU work come from bench/prepare_cpu.py's committed full-size result; the held-out
     # evaluations inside training from the encode rows.
     counted = {s["stage"].split(" (")[0] for s in study["stages"] if s["in_total"]}
-    assert {"prepare from a warm cache", "train: distillation set loaded and checked",
+    assert {"prepare from a warm cache", "train stage beside its steps: start-up, distillation set, saving",
             "train: held-out evaluations"} <= counted, counted
 
 
-def test_the_prepare_benchmark_runs_the_stage_and_loads_its_output_at_smoke_size(tmp_path):
+def test_the_prepare_benchmark_runs_the_prepare_and_train_stages_at_smoke_size(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])))
     done = subprocess.run([sys.executable, "bench/prepare_cpu.py", "--scale", "0.001", "--batches", "5",
                            "--out-dir", str(tmp_path), "--work", str(tmp_path / "work")],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads((tmp_path / "prepare_cpu.json").read_text())
-    first, warm, load = result["phases"]
+    first, warm, train, load = result["phases"]
     # The stage's own cost record: the distillation set's documents (those training references) and the BEIR sets'.
     assert warm["stage_cost"]["items"] == first["stage_cost"]["items"] > result["sizes"]["train"]
+    assert train["stage_cost"]["items"] == 3 * 16  # the train stage's 3 steps of 16 queries, on the prepared set
     assert load["wall_s"] > 0 and result["load"]["batches"] == 5 and result["load"]["s_per_batch"] > 0
     assert (tmp_path / "work" / "datasets").is_dir()  # the first run went through datasets' Arrow cache
