@@ -90,7 +90,7 @@ bench-train: install
 	python bench/train_cpu.py
 	python bench/packing_cpu.py
 
-# The prepare stage and the distillation set's loading at the study's size (CPU, about 25 GB of disk).
+# The prepare stage and the train stage beside its steps at the study's size (CPU, about 10 minutes, 8 GB of disk).
 bench-prepare: install
 	python bench/prepare_cpu.py
 
