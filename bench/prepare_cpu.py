@@ -5,8 +5,9 @@ bench/study_gpu.py times the stages that run on the GPU machine's accelerator; t
 disk, and the study's total counts them too (study_gpu.py reads this file's JSON, committed in reports/bench, and
 says which machine measured it).
 
-Each phase runs in a child process of its own, timed from outside, with the peak resident memory of the child and
-its waited-for descendants (`os.wait4`):
+Each phase runs in a child process of its own, timed from outside, with the peak resident memory of the largest
+single process among the child and its waited-for descendants (`os.wait4`; for a notebook, its kernel; data-loader
+workers' own memory is not added):
 
 1. ``prepare, first run after hf download``: the prepare stage as `dvc repro` runs it (papermill executes
    notebooks/01_prepare.ipynb with params.yaml, in a pipeline folder under ``--work``; its preflight would refuse
@@ -30,7 +31,7 @@ Synthetic data at the hub set's sizes (its card): 8,841,823 documents, 808,731 q
 of 32 candidate ids (the study's `train.loss.n_ways`; drawn uniformly from the documents) with float32 scores
 sorted from best; ids are decimal strings, as MS MARCO's. Texts are bench/train_gpu.py's English-like words:
 each document joins two of 200,000 pooled half-passages (word counts lognormal, mean 30, sigma 0.6), about 60
-words and 390 characters (the real collection: about 3 GB of text); each query joins two pooled halves of mean
+words and 415 characters: 3.7 GB of text, a little more than the real collection's (about 3 GB); each query joins two pooled halves of mean
 3 words. The BEIR folders have the test sets' documents and test queries (mean lengths: bench/study_gpu.py's
 DATASETS), one relevant document per query.
 
@@ -154,21 +155,23 @@ def write_beir_folders(cache: Path, scale: float, seed: int = 0) -> None:
 
 
 def child(command: list[str], env: dict[str, str], cwd: Path) -> dict:
-    """Run ``command``; its wall time, peak RSS (the child and its waited-for descendants) and output's last line."""
+    """Run ``command``: its wall time and the peak RSS of the largest process among it and its waited-for
+    descendants (Linux's ``ru_maxrss`` of `os.wait4`, in KiB)."""
     start = time.monotonic()
     with tempfile.TemporaryFile() as out:
         process = subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(process.pid, 0)
         wall = time.monotonic() - start
+        process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
         out.seek(0)
         log = out.read().decode(errors="replace")
-    if os.waitstatus_to_exitcode(status) != 0:
+    if process.returncode != 0:
         raise SystemExit(f"prepare_cpu: {' '.join(command)} failed:\n{log[-4000:]}")
-    return {"wall_s": round(wall, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024), "last_line": log.strip().splitlines()[-1]}
+    return {"wall_s": round(wall, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024)}
 
 
-def load_phase(kd_dir: Path, batches: int) -> None:
-    """The child of phase 4: prints one JSON line."""
+def load_phase(kd_dir: Path, batches: int, out: Path) -> None:
+    """The child of phase 4: writes its timings to ``out`` (JSON)."""
     import datasets  # noqa: F401 - imported before the clock starts: the train stage imports them anyway
     import sentence_transformers.util  # noqa: F401
 
@@ -182,8 +185,8 @@ def load_phase(kd_dir: Path, batches: int) -> None:
     for b in range(n):
         rows = dataset[[int(i) for i in order[b * 16: (b + 1) * 16]]]
         assert len(rows["document_32"]) == 16
-    print(json.dumps({"load_s": round(loaded - start, 1), "batches": n,
-                      "s_per_batch": round((time.monotonic() - loaded) / max(n, 1), 4)}))
+    out.write_text(json.dumps({"load_s": round(loaded - start, 1), "batches": n,
+                               "s_per_batch": round((time.monotonic() - loaded) / max(n, 1), 4)}))
 
 
 def markdown(result: dict) -> str:
@@ -197,7 +200,7 @@ def markdown(result: dict) -> str:
         f"{result['documents_text_gb']:.2f} GB of document text) and the four BEIR test sets at {result['scale']:g} x "
         "theirs (see bench/prepare_cpu.py).",
         "",
-        "| phase | wall time | peak memory | what runs |",
+        "| phase | wall time | peak memory (largest process) | what runs |",
         "| --- | --- | --- | --- |",
     ]
     for p in result["phases"]:
@@ -219,10 +222,11 @@ def main(argv: list[str] | None = None) -> int:
                                                   "one, removed at the end)")
     parser.add_argument("--scale", type=float, default=1.0, help="share of the study's sizes (smoke: 0.001)")
     parser.add_argument("--batches", type=int, default=200)
-    parser.add_argument("--child-load", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--child-load", type=Path, nargs=2, help=argparse.SUPPRESS)  # KD folder, JSON out
     options = parser.parse_args(argv)
     if options.child_load:
-        load_phase(options.child_load, options.batches)
+        kd_dir, out = options.child_load
+        load_phase(kd_dir, options.batches, out)
         return 0
     if options.scale < 1 and options.out_dir.resolve() == (REPO / "reports" / "bench").resolve():
         parser.error("a --scale below 1 must not replace the committed reports/bench results: choose another --out-dir")
@@ -273,13 +277,12 @@ def main(argv: list[str] | None = None) -> int:
                            "the tiny test model (the start-up, loading, steps and saving at this size)",
                    "stage_cost": json.loads((pipeline / "reports" / "costs" / "train.json").read_text())})
     print(f"prepare_cpu: {phases[-1]['phase']}: {phases[-1]['wall_s']:.0f} s", flush=True)
-    loaded = child([sys.executable, __file__, "--child-load", str(pipeline / "data" / "kd"), "--batches",
-                    str(options.batches)], env, REPO)
-    load = json.loads(loaded.pop("last_line"))
+    timings = work / "load.json"
+    loaded = child([sys.executable, __file__, "--child-load", str(pipeline / "data" / "kd"), str(timings),
+                    "--batches", str(options.batches)], env, REPO)
+    load = json.loads(timings.read_text())
     phases.append({"phase": "train: distillation set loaded", **loaded,
                    "what": f"kd.load_kd_dataset (read, check_kd, resolve_ids) + {load['batches']} batches of 16 rows"})
-    for p in phases:
-        p.pop("last_line", None)
     print(f"prepare_cpu: loaded in {load['load_s']:.0f} s, {load['s_per_batch'] * 1000:.1f} ms per batch", flush=True)
     import pyarrow.parquet as pq
 

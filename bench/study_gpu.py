@@ -49,7 +49,8 @@ Stages, what is measured and how it is projected to the study's size (each row o
 The result files are written after each of encode, index and retrieve too (``"complete": false``, the output
 says where it stopped), so a run stopped by bench/gpu.sh's timeout keeps what it measured.
 
-Not timed: downloads, the report stage, the training's checkpoints (10 of about 1.8 GB written). Indexing and
+Not timed: downloads, the report stage, the training's checkpoints (11 of about 1.8 GB written: every 5,000 steps
+and at the end). Indexing and
 the token search run on the CPU cores (16 on the H200 machine), as in the pipeline.
 
     python bench/study_gpu.py                      # one H200: about 2 minutes, reports/bench/study_gpu.*
@@ -315,10 +316,15 @@ def held_out_evaluations(params, sets: dict, fixed: float) -> dict | None:
     every ``eval.steps`` steps and at the end, each encoding the held-out set's documents and queries anew. Projected
     with the encode rows' time per item (FiQA's, or the set's own when ``eval.dataset`` is one of them); the MaxSim
     over a few thousand documents per query set is left out."""
-    ev, args = params.train.eval, params.train.args
+    from colbench.train import planned_steps, training_arguments
+
+    ev = params.train.eval
     if ev.dataset is None or (ev.dataset != "nanobeir" and ev.dataset not in sets):
         return None
-    steps = math.ceil(STUDY_QUERIES / (args.per_device_train_batch_size * args.gradient_accumulation_steps))
+    with tempfile.TemporaryDirectory() as scratch:  # the trainer's own arithmetic, as the train stage plans its run
+        args = training_arguments(dataclasses.asdict(params.train.args), output_dir=scratch, seed=params.train.seed,
+                                  micro_batch=params.train.micro_batch)
+        steps = planned_steps(args, STUDY_QUERIES)
     evaluations = 1 + steps // ev.steps + (steps % ev.steps > 0)
     rates = sets["fiqa" if ev.dataset == "nanobeir" else ev.dataset]
     docs, queries = NANOBEIR if ev.dataset == "nanobeir" else (rates["documents"], rates["queries"])
@@ -421,7 +427,7 @@ def markdown(result: dict) -> str:
                      f"{s['rate']} | {s['study_items']} | {hours(s['projected_s'])} | {s['method']} | "
                      f"{'yes' if s['in_total'] else ''} |")
     total = result["total_hours"]
-    lines += ["", f"Without training: {total['without_training']:.2f} h."]
+    lines += ["", f"Without training's steps: {total['without_training']:.2f} h."]
     for key, label in (("with_fastest_training", "the fastest training configuration"),
                        ("with_params_yaml_training", "params.yaml's training configuration")):
         if total[key] is not None and not result["complete"]:
@@ -456,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, help=f"where study_gpu.json / .md go (default reports/bench; with --smoke {SMOKE_OUT})")
     parser.add_argument("--train-json", type=Path, help="bench/train_gpu.py's result (default: train_gpu.json in --out-dir)")
     parser.add_argument("--prepare-json", type=Path, default=REPO / "reports" / "bench" / "prepare_cpu.json",
-                        help="bench/prepare_cpu.py's result (the prepare stage and the distillation set's loading, "
+                        help="bench/prepare_cpu.py's result (the prepare stage and the train stage beside its steps, "
                              "measured on a CPU machine; default: the committed one)")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny model, tiny sizes, output to a temporary folder")

@@ -18,9 +18,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.slow
+
+@pytest.fixture
+def study_gpu(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import study_gpu
+
+    return study_gpu
 
 
+@pytest.mark.slow
 def test_the_gpu_benchmarks_measure_training_and_project_the_study_at_smoke_size(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])))
@@ -55,7 +62,8 @@ def test_the_gpu_benchmarks_measure_training_and_project_the_study_at_smoke_size
             "train: held-out evaluations"} <= counted, counted
 
 
-def test_the_prepare_benchmark_runs_the_prepare_and_train_stages_at_smoke_size(tmp_path):
+@pytest.mark.slow
+def test_the_prepare_benchmark_runs_the_prepare_and_train_stages_at_smoke_size(tmp_path, study_gpu):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])))
     done = subprocess.run([sys.executable, "bench/prepare_cpu.py", "--scale", "0.001", "--batches", "5",
                            "--out-dir", str(tmp_path), "--work", str(tmp_path / "work")],
@@ -66,5 +74,38 @@ def test_the_prepare_benchmark_runs_the_prepare_and_train_stages_at_smoke_size(t
     # The stage's own cost record: the distillation set's documents (those training references) and the BEIR sets'.
     assert warm["stage_cost"]["items"] == first["stage_cost"]["items"] > result["sizes"]["train"]
     assert train["stage_cost"]["items"] == 3 * 16  # the train stage's 3 steps of 16 queries, on the prepared set
-    assert load["wall_s"] > 0 and result["load"]["batches"] == 5 and result["load"]["s_per_batch"] > 0
-    assert (tmp_path / "work" / "datasets").is_dir()  # the first run went through datasets' Arrow cache
+    assert result["load"]["batches"] == 5 and result["load"]["s_per_batch"] > 0 and load["peak_rss_mb"] > 0
+    assert any((tmp_path / "work" / "datasets").rglob("*.arrow"))  # the hub copy went through datasets' Arrow cache
+    # study_gpu.py counts a full-size result only: this one gives a row saying it was not measured.
+    projection = {"stages": []}
+    study_gpu.add_cpu_stages(projection, tmp_path / "prepare_cpu.json")
+    assert [s["in_total"] for s in projection["stages"]] == [False], projection
+    (tmp_path / "full.json").write_text(json.dumps({**result, "scale": 1}))
+    projection = {"stages": []}
+    study_gpu.add_cpu_stages(projection, tmp_path / "full.json")
+    assert [s["projected_s"] for s in projection["stages"]] == [warm["wall_s"], train["wall_s"]]
+
+
+def test_the_study_total_counts_held_out_evaluations_and_cpu_stages_once_and_training_apart(tmp_path, study_gpu):
+    from colbench.config import load_params
+
+    fiqa = {"documents": 57_638, "queries": 648, "measured_documents": 1_000, "measured_queries": 100,
+            "documents_s": 11.0, "queries_s": 2.0}
+    held_out = study_gpu.held_out_evaluations(load_params(REPO / "params.yaml"), {"fiqa": fiqa}, 1.0)
+    # 50,546 steps: evaluated at step 0, every 5,000 steps and at the end; 10 ms per document, 10 ms per query.
+    assert held_out["study_items"].startswith("12 evaluations")
+    assert held_out["projected_s"] == pytest.approx(12 * (0.01 * 56_723 + 0.01 * 649))
+    (tmp_path / "prepare_cpu.json").write_text(json.dumps({
+        "bench": "prepare_cpu", "complete": True, "scale": 1, "machine": "cpu", "cpus": 2, "date": "today",
+        "warm_prepare_s": 100.0, "train_stage_s": 50.0}))
+    (tmp_path / "train_gpu.json").write_text(json.dumps({"bench": "train_gpu", "complete": True, "configs": [
+        {"name": "params.yaml (4 x 4)", "status": "ok", "queries_per_s": 20.0, "steps_timed": 10},
+        {"name": "micro-batch 16", "status": "ok", "queries_per_s": 112.0, "steps_timed": 10}]}))
+    result = {"stages": [held_out, {"stage": "encode", "projected_s": 3600.0, "in_total": True},
+                         {"stage": "an alternative", "projected_s": 999.0, "in_total": False}]}
+    study_gpu.add_cpu_stages(result, tmp_path / "prepare_cpu.json")
+    study_gpu.add_training(result, tmp_path / "train_gpu.json")
+    other = held_out["projected_s"] + 3600.0 + 150.0
+    assert result["total_hours"]["without_training"] == pytest.approx(other / 3600)
+    assert result["total_hours"]["with_fastest_training"] == pytest.approx((other + 808_728 / 112) / 3600)
+    assert result["total_hours"]["with_params_yaml_training"] == pytest.approx((other + 808_728 / 20) / 3600)
