@@ -9,6 +9,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import itertools  # noqa: E402
 import json  # noqa: E402
+import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -25,6 +26,30 @@ def empty_hub_cache(tmp_path_factory, monkeypatch):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path_factory.mktemp("hf-hub-cache")))
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """``hold(repo_id, {commit: files}, latest, repo_type="dataset")``: a Hugging Face hub cache as `hf download
+    [--repo-type dataset] <repo_id> [--revision <commit>]` leaves it (copied to an offline machine), a snapshot per
+    commit, refs/main at ``latest`` (None: pinned downloads only); the hub and datasets libraries pointed at it."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hf" / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))  # read at import
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf" / "datasets"))  # empty
+
+    def hold(repo_id: str, snapshots: dict[str, Path], latest: str | None, repo_type: str = "dataset") -> Path:
+        repo = cache / f"{repo_type}s--{repo_id.replace('/', '--')}"
+        for commit, files in snapshots.items():
+            shutil.copytree(files, repo / "snapshots" / commit)
+        if latest:
+            (repo / "refs").mkdir()
+            (repo / "refs" / "main").write_text(latest)
+        return repo
+
+    return hold
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,26 @@ def test_offline_study_run_names_each_missing_resource(monkeypatch, tmp_path):
     message = str(info.value)
     for key in ("prepare.kd.source", "prepare.datasets.fiqa.source", "prepare.datasets.arguana.source", "train.base_model"):
         assert key in message
-    assert "hf download answerdotai/ModernBERT-base" in message
+    assert "hf download answerdotai/ModernBERT-base`" in message
+    assert "hf download --repo-type dataset lightonai/ms-marco-en-bge --revision 11e6ffa1d22f461579f451eb31bdc964244cb61f`" in message
     assert "arguana.zip" in message
+
+
+def test_a_pinned_base_model_counts_as_cached_at_its_commit_only(monkeypatch, hub_cache):
+    from dataclasses import replace
+
+    monkeypatch.setattr("colbench.hub.reachable", lambda url, timeout=3.0: False)
+    hub_cache("answerdotai/ModernBERT-base", {"a" * 40: ROOT / "tests" / "fixtures" / "pylate" / "modernbert" / "base"},
+              latest="a" * 40, repo_type="model")
+    study = load_params(ROOT / "params.yaml")
+
+    def missing(revision):  # what the check says of the base model (it also misses the distillation set)
+        with pytest.raises(InputError) as info:
+            check_resources(replace(study, train=replace(study.train, model_revision=revision)))
+        return [line for line in str(info.value).splitlines() if "train.base_model" in line]
+
+    assert missing(None) == missing("a" * 40) == []
+    assert "`hf download answerdotai/ModernBERT-base --revision " + "b" * 40 + "`" in missing("b" * 40)[0]
 
 
 def test_the_demo_needs_no_network():

@@ -151,39 +151,22 @@ def test_offline_without_cache_names_the_dataset_and_the_fix(tmp_path, monkeypat
     assert "hf download --repo-type dataset" in message and "local folder" in message
 
 
-def hub_cache_holding(tmp_path, monkeypatch, repo_id: str, files: Path, commit: str, *, pinned: bool) -> Path:
-    """A Hugging Face hub cache as `hf download --repo-type dataset <repo_id>` leaves it (copied to an offline
-    machine), holding ``files`` as ``commit``: with ``--revision <commit>`` when ``pinned`` (no refs/main then), else
-    the latest; the hub and datasets libraries pointed at it."""
-    import huggingface_hub.constants
-
-    cache = tmp_path / "hf" / "hub"
-    repo = cache / f"datasets--{repo_id.replace('/', '--')}"
-    shutil.copytree(files, repo / "snapshots" / commit)
-    if not pinned:
-        (repo / "refs").mkdir()
-        (repo / "refs" / "main").write_text(commit)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))  # read at import
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf" / "datasets"))  # empty
-    return cache
-
-
-def test_offline_the_set_hf_download_cached_is_prepared(tmp_path, monkeypatch):
+def test_offline_the_set_hf_download_cached_is_prepared(tmp_path, hub_cache):
     # The route the offline error and `make study`'s resource check give: `hf download` elsewhere, the cache copied
     # here. Offline, datasets loads a hub id only from its own Arrow cache, which `hf download` does not fill.
-    hub_cache_holding(tmp_path, monkeypatch, "lightonai/ms-marco-en-bge", MSMARCO, REV, pinned=True)
+    hub_cache("lightonai/ms-marco-en-bge", {REV: MSMARCO}, latest=None)
     assert hub.cached_snapshot("lightonai/ms-marco-en-bge", "dataset", REV)  # what the resource check sees
     manifest = kd.prepare_kd("lightonai/ms-marco-en-bge", tmp_path / "kd", **kd_kwargs(revision=REV))
     assert manifest["revision"] == REV and manifest["n_train"] == 12
 
 
-def test_offline_nanobeir_is_read_from_the_hub_cache(tmp_path, monkeypatch):
+def test_offline_nanobeir_is_read_from_the_hub_cache(tmp_path, hub_cache):
     # Loaded offline (from the hub id the libraries would refuse), and recorded under its id, not this machine's
     # path: the checkpoints' configuration includes the evaluator, and a run killed online may resume offline.
     from colbench.heldout import make_evaluator
     from colbench.train import evaluator_identity
 
-    hub_cache_holding(tmp_path, monkeypatch, hub.NANOBEIR, FIXTURES / "nanobeir_tiny", "b" * 40, pinned=False)
+    hub_cache(hub.NANOBEIR, {"b" * 40: FIXTURES / "nanobeir_tiny"}, latest="b" * 40)
     evaluator = make_evaluator("nanobeir", nanobeir_subsets=["scifact"])
     assert evaluator.dataset_id == hub.NANOBEIR
     assert str(tmp_path) not in json.dumps(evaluator_identity(evaluator), default=str)

@@ -150,14 +150,15 @@ def test_export_html_and_index(tmp_path):
     ablations = pd.DataFrame({"experiment": ["main", "lr-half"], "role": ["baseline", "experiment"],
                               "train.args.learning_rate": [8e-5, 4e-5], "ndcg@10/scifact": [0.731, 0.702]})
     ablations.attrs.update(params=["train.args.learning_rate"], metrics=["ndcg@10/scifact"])
-    run = report.run_description({"model": "/models/published", "seed": {"base": 42, "train": 7},
+    run = report.run_description({"model": {"checkpoint": "org/published", "revision": "0123abcd" * 5},
+                                  "seed": {"base": 42, "train": 7},
                                   "git": {"revision": "0123456789abcdef", "dirty": False}})
     index = report.write_index(reports, headline, [html], run=run, headline_intro="What it shows:",
                                headline_verdicts="- verdict",
                                sections=[("Ablations", "Experiments.", report.ablation_table(ablations)),
                                          ("Seed variance", "None yet.", pd.DataFrame())]).read_text()
     assert index.index("What it shows:") < index.index("| scifact | 73.10 |") < index.index("- verdict")
-    assert "**Evaluated checkpoint**: `/models/published`" in index and "training 7" in index
+    assert "**Evaluated checkpoint**: `org/published` at hub commit `0123abcd0123`" in index and "training 7" in index
     assert "## Seed variance" not in index  # an empty section is left out
     assert "| scifact | 73.10 |" in index
     assert "| lr-half | experiment | 4e-05 | 70.20 |" in index  # metrics x100, one row per experiment

@@ -26,7 +26,7 @@ from colbench.checkpoints import CHECKPOINT_COMPLETE, JsonLog, config_hash, prep
 from colbench.errors import InputError
 from colbench.kd import load_kd_dataset
 from colbench.model import load_colbert, parameter_sha256
-from colbench.train import resolve_precision, train, training_arguments
+from colbench.train import resolve_precision, train, training_arguments, use_existing_checkpoint
 
 FIXTURES = Path(__file__).parent / "fixtures"
 KD = FIXTURES / "kd_tiny"
@@ -667,7 +667,6 @@ def test_a_larger_micro_batch_keeps_each_documents_padding_as_the_study_scored_i
 
 def test_an_existing_checkpoint_is_recorded_not_trained(tmp_path):
     from colbench.model import load_colbert
-    from colbench.train import use_existing_checkpoint
     from colbench.training_curve import plot_training
 
     checkpoint = str(Path(__file__).parent / "fixtures" / "pylate" / "bert" / "pylate-colbert")
@@ -682,9 +681,36 @@ def test_an_existing_checkpoint_is_recorded_not_trained(tmp_path):
     assert plot_training([], tmp_path / "training.png", checkpoint=checkpoint).stat().st_size > 1000
 
 
-def test_a_checkpoint_inside_the_stages_own_output_is_refused_and_the_model_kept(tmp_path):
-    from colbench.train import use_existing_checkpoint
+def test_a_hub_checkpoint_is_evaluated_at_the_commit_the_train_stage_loaded(tmp_path, hub_cache):
+    # `hf download` of a published checkpoint at two commits, the cache copied to an offline machine: the pointer
+    # the train stage writes pins the commit it loaded, and the encode stage loads that one after the hub moved on.
+    from colbench.model import model_fingerprint
 
+    hub_id, old, new = "colbench-tests/colbert", "a" * 40, "b" * 40
+    published = BERT.parent / "pylate-colbert"
+    repo = hub_cache(hub_id, {old: published, new: MODERNBERT.parent / "pylate114-colbert"}, latest=old, repo_type="model")
+    stage = {"log_path": tmp_path / "log.json", "baseline_runs": tmp_path / "baseline"}
+    use_existing_checkpoint(hub_id, tmp_path / "latest", **stage)  # train.model_revision: null
+    (repo / "refs" / "main").write_text(new)  # a later `hf download` fetched a new commit
+    latest = load_colbert(str(tmp_path / "latest"))
+    assert read_json(tmp_path / "latest" / "checkpoint.json")["revision"] == latest.colbench_revision == old
+    assert model_fingerprint(latest)["sha256"] == model_fingerprint(load_colbert(str(published)))["sha256"]
+    use_existing_checkpoint(hub_id, tmp_path / "pinned", revision=old, **stage)  # train.model_revision: <old>
+    assert load_colbert(str(tmp_path / "pinned")).colbench_revision == old
+    assert load_colbert(hub_id).colbench_revision == new  # unpinned, a hub id is the latest
+    with pytest.raises(InputError, match=rf"{hub_id}' at revision c{{40}}: .*`hf download {hub_id} --revision c{{40}}`"):
+        use_existing_checkpoint(hub_id, tmp_path / "missing", revision="c" * 40, **stage)
+
+
+def test_a_model_trained_from_a_hub_base_encoder_records_its_commit(tmp_path, hub_cache):
+    hub_cache("colbench-tests/encoder", {"a" * 40: BERT, "b" * 40: BERT}, latest="b" * 40, repo_type="model")
+    config = {**tiny_config(tmp_path, max_steps=1), "base_model": "colbench-tests/encoder", "model_revision": "a" * 40}
+    assert read_json(Path(train(**config)) / "colbench_train.json")["model_revision"] == "a" * 40
+    with pytest.raises(InputError, match=r"train.model_revision 'a{40}' pins .* train.base_model '.*' is a local folder"):
+        train(**{**tiny_config(tmp_path / "local"), "model_revision": "a" * 40})
+
+
+def test_a_checkpoint_inside_the_stages_own_output_is_refused_and_the_model_kept(tmp_path):
     model = tmp_path / "model"
     shutil.copytree(Path(__file__).parent / "fixtures" / "pylate" / "bert" / "pylate-colbert", model)
     before = sorted(p.name for p in model.iterdir())

@@ -164,6 +164,16 @@ class Train:
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = None
     document_chunk: int | None = field(default=None, metadata=_check(lambda v: v > 0, "null or > 0"))
     pack_documents: bool = False
+    model_revision: str | None = None  # hub commit (branch, tag) of the hub model used; None: the latest
+
+    def hub_model(self) -> tuple[str, str]:
+        """``(params key, name)`` of the model this section starts from: the checkpoint to evaluate, the one to
+        train further, or the base encoder."""
+        if self.checkpoint:
+            return "train.checkpoint", self.checkpoint
+        if self.init_checkpoint:
+            return "train.init_checkpoint", self.init_checkpoint
+        return "train.base_model", self.base_model
 
 
 @dataclass(frozen=True)

@@ -79,8 +79,9 @@ def offline_mode(force: bool) -> Iterator[None]:
         datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE = saved
 
 
-def model_snapshot(hub_id: str, what: str) -> str:
-    """A local folder holding hub model `hub_id`: from the HF cache, or downloaded when online.
+def model_snapshot(hub_id: str, what: str, revision: str | None = None) -> str:
+    """A local folder holding hub model `hub_id` at ``revision`` (a commit, branch or tag; None: the latest): from
+    the HF cache, or downloaded when online. Its commit is `snapshot_commit` of the folder.
 
     ``what`` is the params key that names it. Raises InputError (never hangs) when the id is neither
     cached nor downloadable.
@@ -88,29 +89,39 @@ def model_snapshot(hub_id: str, what: str) -> str:
     from huggingface_hub import model_info, snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
+    at = f" at revision {revision}" if revision else ""
     how = (
-        f"download it on a machine with internet access (`hf download {hub_id}`) into the Hugging Face cache "
-        f"(HF_HOME) used here, or set the {what} param to a local folder"
+        f"download it on a machine with internet access (`hf download {hub_id}"
+        f"{' --revision ' + revision if revision else ''}`) into the Hugging Face cache (HF_HOME) used here, or set "
+        f"the {what} param to a local folder"
     )
     try:
-        return snapshot_download(hub_id, local_files_only=True)
+        return snapshot_download(hub_id, revision=revision, local_files_only=True)
     except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
         pass
     if offline():
-        raise InputError(f"{what} {hub_id!r}: not a local folder and not in the Hugging Face cache while offline; {how}")
+        raise InputError(f"{what} {hub_id!r}{at}: not a local folder and not in the Hugging Face cache while offline; "
+                         f"{how}")
     try:
         # A bounded metadata call first: without network it fails in seconds instead of retrying.
-        info = model_info(hub_id, timeout=15)
+        info = model_info(hub_id, revision=revision, timeout=15)
     except Exception as exc:  # noqa: BLE001 - any failure here means "cannot fetch it now"
         raise InputError(
-            f"{what} {hub_id!r}: not a local folder, not cached, and the hub cannot serve it "
+            f"{what} {hub_id!r}{at}: not a local folder, not cached, and the hub cannot serve it "
             f"({type(exc).__name__}: {exc}); {how}"
         ) from exc
     # Only the PyTorch weights: model repos often also hold ONNX / OpenVINO / TF / Flax copies.
     ignore = ["onnx/*", "openvino/*", "*.onnx", "*.h5", "*.msgpack", "*.ot", "coreml/*"]
     if any(s.rfilename.endswith(".safetensors") for s in info.siblings or []):
         ignore.append("*.bin")
-    return snapshot_download(hub_id, ignore_patterns=ignore)
+    return snapshot_download(hub_id, revision=revision, ignore_patterns=ignore)
+
+
+def snapshot_commit(folder: str | Path) -> str | None:
+    """The hub commit a Hugging Face cache folder holds (``.../snapshots/<commit>``: `model_snapshot`'s answer), or
+    None for any other folder."""
+    path = Path(folder)
+    return path.name if path.parent.name == "snapshots" else None
 
 
 def cached_snapshot(repo_id: str, repo_type: str = "model", revision: str | None = None) -> Path | None:

@@ -79,9 +79,15 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
 
 
-def _local_folder(name: str, what: str) -> str:
+def _local_folder(name: str, what: str, revision: str | None = None) -> str:
+    """The folder of model ``name`` (``what``: the params key naming it): itself, or its hub snapshot at ``revision``."""
     source = resolve_model_source(name)
-    return source if Path(source).is_dir() else hub.model_snapshot(source, what)
+    if not Path(source).is_dir():
+        return hub.model_snapshot(source, what, revision)
+    if revision:
+        raise InputError(f"train.model_revision {revision!r} pins a hub model's commit, but {what} {name!r} is a local "
+                         "folder: set train.model_revision to null (a folder has no revision)")
+    return source
 
 
 def _transformer_folder(folder: str) -> str:
@@ -119,12 +125,14 @@ def build_colbert(
     seed: int = 42,
     device: str | None = None,
     attn_implementation: str | None = None,
+    revision: str | None = None,
 ):
     """Build the study's ColBERT (an untrained projection) from a plain base encoder.
 
-    `base_model` is a hub id, a local folder (Hugging Face or sentence-transformers layout) or
-    `pkg:<module>`. The result is a `sentence_transformers.MultiVectorEncoder` whose saved folder
-    reloads with `MultiVectorEncoder(path)` (native config, no PyLate needed). Randomness (projection,
+    `base_model` is a hub id (at ``revision``: a commit, branch or tag; None: the latest), a local folder (Hugging
+    Face or sentence-transformers layout) or `pkg:<module>`; the hub commit used is the model's
+    ``colbench_revision`` (None for a folder). The result is a `sentence_transformers.MultiVectorEncoder` whose
+    saved folder reloads with `MultiVectorEncoder(path)` (native config, no PyLate needed). Randomness (projection,
     new embedding rows) is drawn from `seed` in a forked RNG, so the caller's RNG state is untouched.
     ``attn_implementation`` picks transformers' attention kernel (None: its default, sdpa): another speed, the
     same numbers to float rounding.
@@ -135,7 +143,8 @@ def build_colbert(
     from transformers import AddedToken
 
     words = _skiplist_words(skiplist)
-    folder = _transformer_folder(_local_folder(base_model, "train.base_model"))
+    snapshot = _local_folder(base_model, "train.base_model", revision)
+    folder = _transformer_folder(snapshot)
 
     expansion = (
         {"strategy": "fixed", "attend": bool(attend_to_expansion_tokens), "length": query_length}
@@ -182,6 +191,7 @@ def build_colbert(
         similarity_fn_name="maxsim",
     )
     model.colbench_source = str(base_model)
+    model.colbench_revision = hub.snapshot_commit(snapshot)
     return model
 
 
@@ -206,16 +216,18 @@ def colbert_settings(model) -> dict[str, Any]:
 
 
 def load_colbert(path_or_id: str, device: str | None = None, document_length: int | None = None,
-                 attn_implementation: str | None = None):
+                 attn_implementation: str | None = None, revision: str | None = None, what: str = "train.checkpoint"):
     """Load a ColBERT checkpoint: one saved by this repo, a PyLate checkpoint, or a pointer folder.
 
     ``document_length`` (params.yaml encode.document_length) overrides the tokens a document keeps, for
     evaluating at another length than the model was trained with; None keeps the model's.
 
-    A folder holding `checkpoint.json` = `{"checkpoint": "<hub id or path>"}` stands for that
-    checkpoint (relative paths are taken relative to the pointer folder first). Hub ids are served
-    from the Hugging Face cache, or downloaded when online; otherwise InputError says how to provide
-    them. A folder that is not a sentence-transformers / PyLate checkpoint is refused.
+    A folder holding `checkpoint.json` = `{"checkpoint": "<hub id or path>", "revision": <commit or null>}` stands
+    for that checkpoint (relative paths are taken relative to the pointer folder first; the pointer's revision
+    replaces ``revision``). Hub ids are served at ``revision`` (None: the latest) from the Hugging Face cache, or
+    downloaded when online; otherwise InputError says how to provide them (``what``: the params key naming the
+    checkpoint). The hub commit used is the model's ``colbench_revision``. A folder that is not a
+    sentence-transformers / PyLate checkpoint is refused.
     """
     from sentence_transformers import MultiVectorEncoder
 
@@ -230,15 +242,16 @@ def load_colbert(path_or_id: str, device: str | None = None, document_length: in
             raise InputError(f"checkpoint pointer loop: {' -> '.join(seen + [source])}")
         seen.append(source)
         try:
-            target = json.loads(pointer.read_text(encoding="utf-8"))["checkpoint"]
-        except (ValueError, KeyError, TypeError) as exc:
+            entry = json.loads(pointer.read_text(encoding="utf-8"))
+            target, revision = entry["checkpoint"], entry.get("revision")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise InputError(f"{pointer}: expected JSON {{\"checkpoint\": \"<hub id or path>\"}}") from exc
         if not isinstance(target, str) or not target:
             raise InputError(f"{pointer}: 'checkpoint' must be a non-empty string (hub id or path)")
         relative = Path(source) / target
         current = str(relative) if not Path(target).is_absolute() and relative.exists() else target
 
-    folder = source if Path(source).is_dir() else hub.model_snapshot(source, "train.checkpoint")
+    folder = _local_folder(source, what, revision)
     if not any((Path(folder) / name).is_file() for name in ("modules.json", "config_sentence_transformers.json")):
         raise InputError(
             f"{path_or_id!r} ({folder}) is not a ColBERT checkpoint: no modules.json or "
@@ -249,6 +262,7 @@ def load_colbert(path_or_id: str, device: str | None = None, document_length: in
     model = MultiVectorEncoder(folder, device=device, local_files_only=True,
                                model_kwargs={"attn_implementation": attn_implementation} if attn_implementation else None)
     model.colbench_source = str(path_or_id)
+    model.colbench_revision = hub.snapshot_commit(folder)
     if document_length is not None:
         check_lengths(model[0], "encode", document_length=document_length)
         model[0].document_length = int(document_length)  # part of the module config: the fingerprint follows

@@ -22,6 +22,7 @@ class Resource:
     param: str  # the params key that names it
     kind: str  # "model", "dataset" (hub) or "beir" (BEIR download server)
     name: str
+    revision: str | None = None  # the hub commit (branch, tag) asked for; None: the latest
 
 
 def is_local_or_builtin(source: str, base: Path) -> bool:
@@ -38,28 +39,28 @@ def remote_resources(params: Params) -> list[Resource]:
     found: list[Resource] = []
     train = params.train
     if not train.checkpoint and not is_local_or_builtin(params.prepare.kd.source, base):
-        found.append(Resource("prepare.kd.source", "dataset", params.prepare.kd.source))
+        found.append(Resource("prepare.kd.source", "dataset", params.prepare.kd.source, params.prepare.kd.revision))
     for name, dataset in params.prepare.datasets.items():
         if not is_local_or_builtin(dataset.source, base):
             found.append(Resource(f"prepare.datasets.{name}.source", "beir", dataset.source))
-    key = "train.checkpoint" if train.checkpoint else "train.init_checkpoint" if train.init_checkpoint else "train.base_model"
-    model = train.checkpoint or train.init_checkpoint or train.base_model
+    key, model = train.hub_model()
     if not is_local_or_builtin(model, base):
-        found.append(Resource(key, "model", model))
+        found.append(Resource(key, "model", model, train.model_revision))
     if train.eval.dataset == "nanobeir" and not train.checkpoint:
         found.append(Resource("train.eval.dataset", "nanobeir", hub.NANOBEIR))
     return found
 
 
 def _how_to_provide(resource: Resource) -> str:
+    at = f" --revision {resource.revision}" if resource.revision else ""
     if resource.kind == "model":
         return (
-            f"on a machine with internet run `hf download {resource.name}` and copy the Hugging Face cache here, "
+            f"on a machine with internet run `hf download {resource.name}{at}` and copy the Hugging Face cache here, "
             f"or set {resource.param} to a local folder"
         )
     if resource.kind == "dataset":
         return (
-            f"on a machine with internet run `hf download --repo-type dataset {resource.name}` and copy the cache, "
+            f"on a machine with internet run `hf download --repo-type dataset {resource.name}{at}` and copy the cache, "
             f"or set {resource.param} to a local folder with train/queries/documents files in the same schema"
         )
     if resource.kind == "beir":
@@ -83,9 +84,8 @@ def check_resources(params: Params, timeout: float = 5.0) -> list[Resource]:
     def available(res: Resource) -> bool:
         if res.kind == "beir":
             return hub.beir_cached(res.name) or up.setdefault("beir", hub.reachable(hub.BEIR_URL, timeout))
-        revision = params.prepare.kd.revision if res.param == "prepare.kd.source" else None
         repo_type = "model" if res.kind == "model" else "dataset"
-        if hub.cached_snapshot(res.name, repo_type, revision):
+        if hub.cached_snapshot(res.name, repo_type, res.revision):
             return True
         return not offline and up.setdefault("hub", hub.reachable(hub.hub_url(), timeout))
 

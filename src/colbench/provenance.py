@@ -176,8 +176,9 @@ def run_provenance(params) -> dict[str, Any]:
         "distillation_data": {"source": kd.get("source"), "revision": kd.get("revision"), "n_train": kd.get("n_train")},
         "evaluation_data": {name: {k: manifest(params.path("datasets") / name).get(k) for k in ("source", "split", "url")}
                             for name in params.datasets},
-        "model": pointer.get("checkpoint") or {"base_model": model.get("base_model"),
-                                               "init_checkpoint": model.get("init_checkpoint"),
-                                               "parameter_sha256": model.get("parameter_sha256"),
-                                               "global_step": model.get("global_step")},
+        # The hub commit of the checkpoint evaluated, or of the model trained from (null: a local folder).
+        "model": ({"checkpoint": pointer["checkpoint"], "revision": pointer.get("revision")} if pointer.get("checkpoint")
+                  else {"base_model": model.get("base_model"), "init_checkpoint": model.get("init_checkpoint"),
+                        "revision": model.get("model_revision"), "parameter_sha256": model.get("parameter_sha256"),
+                        "global_step": model.get("global_step")}),
     }

@@ -281,13 +281,13 @@ def experiments_origin(ablations: pd.DataFrame, provenance: Mapping[str, Any]) -
 
 def run_description(provenance: Mapping[str, Any]) -> list[str]:
     """Markdown lines saying what this run evaluated: an existing checkpoint, or the model trained here."""
-    model = provenance.get("model")
-    if isinstance(model, str):
-        what = f"**Evaluated checkpoint**: `{model}` (existing; nothing was trained in this run)."
+    model = provenance.get("model") or {}
+    at = f" at hub commit `{model['revision'][:12]}`" if model.get("revision") else ""
+    if model.get("checkpoint"):
+        what = f"**Evaluated checkpoint**: `{model['checkpoint']}`{at} (existing; nothing was trained in this run)."
     else:
-        model = model or {}
-        start = (f"further from the checkpoint `{model['init_checkpoint']}`" if model.get("init_checkpoint")
-                 else f"from `{model.get('base_model')}`")
+        start = (f"further from the checkpoint `{model['init_checkpoint']}`{at}" if model.get("init_checkpoint")
+                 else f"from `{model.get('base_model')}`{at}")
         what = (f"**Evaluated model**: trained here {start} for {model.get('global_step')} steps (parameters sha256 "
                 f"`{str(model.get('parameter_sha256'))[:16]}`).")
     seeds = provenance.get("seed") or {}

@@ -273,6 +273,7 @@ def build_trainer(
     args: dict[str, Any],
     seed: int,
     init_checkpoint: str | None = None,
+    model_revision: str | None = None,
     micro_batch: int | None = None,
     attn_implementation: str | None = None,
     document_chunk: int | None = None,
@@ -299,12 +300,14 @@ def build_trainer(
     n_ways = int(loss_settings.pop("n_ways"))
 
     # 1. Model: built from the base encoder (seeded: the projection's random init is the same on every run
-    # and rank), or an existing ColBERT checkpoint to train further.
+    # and rank), or an existing ColBERT checkpoint to train further; a hub model at model_revision.
     if init_checkpoint:
-        model = load_colbert(init_checkpoint, attn_implementation=attn_implementation)
+        model = load_colbert(init_checkpoint, attn_implementation=attn_implementation, revision=model_revision,
+                             what="train.init_checkpoint")
         check_model_settings(model, model_kwargs, init_checkpoint)
     else:
-        model = build_colbert(base_model, **model_kwargs, seed=seed, attn_implementation=attn_implementation)
+        model = build_colbert(base_model, **model_kwargs, seed=seed, attn_implementation=attn_implementation,
+                              revision=model_revision)
     if pack_documents:
         from colbench.packing import pack_documents as pack
 
@@ -390,6 +393,7 @@ def build_trainer(
     check_collator_matches_encoding(trainer, dataset)
     run = {"manifest": manifest, "dataset": dataset, "n_ways": n_ways, "config": config, "digest": digest,
            "resume_from": resume_from, "log": log, "header": header, "planned_steps": steps,
+           "model_revision": model.colbench_revision,
            "baseline": (evaluator.baseline_run, Path(published_baseline)) if published_baseline else None}
     return trainer, run
 
@@ -447,6 +451,7 @@ def train(*, output_dir: str | Path, provenance_extra: dict[str, Any] | None = N
         record = {
             "base_model": settings["base_model"],
             "init_checkpoint": settings.get("init_checkpoint"),
+            "model_revision": run["model_revision"],  # the hub commit trained from (null: a local folder)
             "model": settings["model_kwargs"],
             "loss": settings["loss_kwargs"],
             "args": settings["args"],
@@ -498,6 +503,7 @@ def stage_settings(params) -> dict[str, Any]:
         log_path=params.path("reports") / "train" / "log.json", base_model=spec.base_model,
         model_kwargs=dataclasses.asdict(spec.model), loss_kwargs=dataclasses.asdict(spec.loss),
         args=dataclasses.asdict(spec.args), seed=spec.seed, init_checkpoint=spec.init_checkpoint,
+        model_revision=spec.model_revision,
         micro_batch=spec.micro_batch, attn_implementation=spec.attn_implementation, document_chunk=spec.document_chunk,
         pack_documents=spec.pack_documents, canary=dataclasses.asdict(spec.canary) if spec.canary else None,
         eval_steps=spec.eval.steps,
@@ -568,11 +574,12 @@ def _queries_trained(record: dict[str, Any]) -> int:
 
 
 def use_existing_checkpoint(checkpoint: str, output_dir: str | Path, *, log_path: str | Path,
-                            baseline_runs: str | Path) -> dict[str, Any]:
-    """No training: check that ``checkpoint`` (hub id or path) loads, and point ``output_dir`` at it.
+                            baseline_runs: str | Path, revision: str | None = None) -> dict[str, Any]:
+    """No training: check that ``checkpoint`` (hub id at ``revision``, or path) loads, and point ``output_dir`` at it.
 
-    ``output_dir/checkpoint.json`` is what `colbench.model.load_colbert` follows; the log is empty and there
-    is no untrained baseline run (its folder exists, empty: the stage declares it).
+    ``output_dir/checkpoint.json`` is what `colbench.model.load_colbert` follows, pinned to the hub commit loaded
+    here (the next stages evaluate that one, even when ``revision`` is None and the hub moves on); the log is empty
+    and there is no untrained baseline run (its folder exists, empty: the stage declares it).
     """
     from colbench.model import load_colbert, model_fingerprint
 
@@ -581,10 +588,11 @@ def use_existing_checkpoint(checkpoint: str, output_dir: str | Path, *, log_path
         # Writing the pointer would replace the model it points to (and then point to itself).
         raise InputError(f"train.checkpoint {checkpoint!r} is this stage's own output ({output_dir}): point it at a "
                          "copy of the model outside it, or at the folder it was trained into elsewhere.")
-    model = load_colbert(checkpoint)  # fails here, clearly, if it is unreachable or not a ColBERT checkpoint
+    model = load_colbert(checkpoint, revision=revision)  # fails here, clearly, if unreachable or not a ColBERT checkpoint
     fingerprint = model_fingerprint(model)
     with atomic_dir(output_dir) as tmp:
-        write_json(tmp / "checkpoint.json", {"checkpoint": checkpoint, "fingerprint": fingerprint,
+        write_json(tmp / "checkpoint.json", {"checkpoint": checkpoint, "revision": model.colbench_revision,
+                                             "fingerprint": fingerprint,
                                              "provenance": provenance(Path(__file__).resolve().parent)})
     write_json(log_path, {"records": [], "summary": {"checkpoint": checkpoint}})
     Path(baseline_runs).mkdir(parents=True, exist_ok=True)
