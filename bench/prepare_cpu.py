@@ -242,10 +242,15 @@ def main(argv: list[str] | None = None) -> int:
     sizes = {k: max(100, round(v * options.scale)) for k, v in SIZES.items()}
     sizes["queries"] = sizes["train"] + 3  # the hub's queries config holds 3 queries no training row uses
     snapshot = work / "hub" / f"datasets--{HUB_ID.replace('/', '--')}" / "snapshots" / revision
-    if not (snapshot / "dataset.parquet").is_file():
+    # A --work folder of an earlier run is reused (writing the data takes minutes) only at the same sizes.
+    written, wanted = work / "synthetic.json", {"revision": revision, "scale": options.scale, "sizes": sizes}
+    if not written.is_file() or json.loads(written.read_text()) != wanted:
         started = time.monotonic()
+        for folder in ("hub", "beir"):
+            shutil.rmtree(work / folder, ignore_errors=True)
         write_hub_snapshot(snapshot, sizes)
         write_beir_folders(work / "beir", options.scale)
+        written.write_text(json.dumps(wanted))
         print(f"prepare_cpu: synthetic data written in {time.monotonic() - started:.0f} s", flush=True)
     pipeline = work / "pipeline"
     pipeline.mkdir(parents=True)

@@ -19,6 +19,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def bench_env(**variables: str) -> dict[str, str]:
+    """This environment with ``variables`` and the repository's src/ first on PYTHONPATH (bench scripts import colbench)."""
+    return dict(os.environ, **variables,
+                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])))
+
+
 @pytest.fixture
 def study_gpu(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "bench"))
@@ -29,8 +35,7 @@ def study_gpu(monkeypatch):
 
 @pytest.mark.slow
 def test_the_gpu_benchmarks_measure_training_and_project_the_study_at_smoke_size(tmp_path):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])))
+    env = bench_env(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
 
     def bench(script: str, *args: str) -> None:
         done = subprocess.run([sys.executable, f"bench/{script}", *args], cwd=REPO, env=env, capture_output=True,
@@ -64,10 +69,9 @@ def test_the_gpu_benchmarks_measure_training_and_project_the_study_at_smoke_size
 
 @pytest.mark.slow
 def test_the_prepare_benchmark_runs_the_prepare_and_train_stages_at_smoke_size(tmp_path, study_gpu):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])))
     done = subprocess.run([sys.executable, "bench/prepare_cpu.py", "--scale", "0.001", "--batches", "5",
                            "--out-dir", str(tmp_path), "--work", str(tmp_path / "work")],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                          cwd=REPO, env=bench_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads((tmp_path / "prepare_cpu.json").read_text())
     first, warm, train, load = result["phases"]
