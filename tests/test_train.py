@@ -698,6 +698,8 @@ def test_a_hub_checkpoint_is_evaluated_at_the_commit_the_train_stage_loaded(tmp_
     use_existing_checkpoint(hub_id, tmp_path / "pinned", revision=old, **stage)  # train.model_revision: <old>
     assert load_colbert(str(tmp_path / "pinned")).colbench_revision == old
     assert load_colbert(hub_id).colbench_revision == new  # unpinned, a hub id is the latest
+    with pytest.raises(InputError, match=r"train.model_revision 'a{40}' .* is a local folder"):
+        load_colbert(str(tmp_path / "pinned"), revision=old)  # a pointer is pinned by its own revision
     with pytest.raises(InputError, match=rf"{hub_id}' at revision c{{40}}: .*`hf download {hub_id} --revision c{{40}}`"):
         use_existing_checkpoint(hub_id, tmp_path / "missing", revision="c" * 40, **stage)
 

@@ -84,10 +84,14 @@ def _local_folder(name: str, what: str, revision: str | None = None) -> str:
     source = resolve_model_source(name)
     if not Path(source).is_dir():
         return hub.model_snapshot(source, what, revision)
+    _refuse_revision(revision, what, name)
+    return source
+
+
+def _refuse_revision(revision: str | None, what: str, name: str) -> None:
     if revision:
         raise InputError(f"train.model_revision {revision!r} pins a hub model's commit, but {what} {name!r} is a local "
                          "folder: set train.model_revision to null (a folder has no revision)")
-    return source
 
 
 def _transformer_folder(folder: str) -> str:
@@ -223,8 +227,8 @@ def load_colbert(path_or_id: str, device: str | None = None, document_length: in
     evaluating at another length than the model was trained with; None keeps the model's.
 
     A folder holding `checkpoint.json` = `{"checkpoint": "<hub id or path>", "revision": <commit or null>}` stands
-    for that checkpoint (relative paths are taken relative to the pointer folder first; the pointer's revision
-    replaces ``revision``). Hub ids are served at ``revision`` (None: the latest) from the Hugging Face cache, or
+    for that checkpoint (relative paths are taken relative to the pointer folder first), at the pointer's revision
+    (``revision`` is for a hub id named directly). Hub ids are served at ``revision`` (None: the latest) from the Hugging Face cache, or
     downloaded when online; otherwise InputError says how to provide them (``what``: the params key naming the
     checkpoint). The hub commit used is the model's ``colbench_revision``. A folder that is not a
     sentence-transformers / PyLate checkpoint is refused.
@@ -240,6 +244,8 @@ def load_colbert(path_or_id: str, device: str | None = None, document_length: in
             break
         if source in seen or len(seen) >= 8:
             raise InputError(f"checkpoint pointer loop: {' -> '.join(seen + [source])}")
+        if not seen:
+            _refuse_revision(revision, what, str(path_or_id))
         seen.append(source)
         try:
             entry = json.loads(pointer.read_text(encoding="utf-8"))
