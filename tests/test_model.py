@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from colbench import hub
 from colbench.errors import InputError
 from colbench.model import build_colbert, load_colbert, model_fingerprint, resolve_model_source
 
@@ -199,6 +200,19 @@ def test_load_uncached_hub_id_offline_says_how_to_provide_it():
 
 
 # --- model_fingerprint -----------------------------------------------------------------------------
+
+def test_a_hub_model_downloaded_without_its_other_formats_is_cached(hub_cache):
+    # model_snapshot downloads the PyTorch weights only; huggingface_hub checks a cached snapshot against the
+    # repository's whole file listing (trees/<commit>.json), which names the ONNX and *.bin copies left out.
+    commit = "a" * 40
+    repo = hub_cache("colbench-tests/colbert", {commit: BERT_COLBERT}, latest=commit, repo_type="model")
+    files = [p.relative_to(BERT_COLBERT).as_posix() for p in BERT_COLBERT.rglob("*") if p.is_file()]
+    listing = {name: {"size": 1, "blob_id": "0" * 40} for name in [*files, "onnx/model.onnx", "pytorch_model.bin"]}
+    (repo / "trees").mkdir()
+    (repo / "trees" / f"{commit}.json").write_text(json.dumps({"format_version": 1, "files": listing}))
+    assert load_colbert("colbench-tests/colbert").colbench_revision == commit  # offline: from the cache
+    assert hub.cached_snapshot("colbench-tests/colbert") == repo / "snapshots" / commit  # what make study checks
+
 
 def test_fingerprint_tracks_weights_and_settings():
     a = build_colbert(str(BERT_BASE), device="cpu")

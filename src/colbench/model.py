@@ -79,19 +79,15 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
 
 
-def _local_folder(name: str, what: str, revision: str | None = None) -> str:
-    """The folder of model ``name`` (``what``: the params key naming it): itself, or its hub snapshot at ``revision``."""
+def _local_folder(name: str, what: str, revision: str | None = None) -> tuple[str, str | None]:
+    """The folder of model ``name`` (``what``: the params key naming it) and its hub commit: a local folder (no
+    commit), or the hub snapshot at ``revision``."""
     source = resolve_model_source(name)
-    if not Path(source).is_dir():
-        return hub.model_snapshot(source, what, revision)
-    _refuse_revision(revision, what, name)
-    return source
-
-
-def _refuse_revision(revision: str | None, what: str, name: str) -> None:
-    if revision:
-        raise InputError(f"train.model_revision {revision!r} pins a hub model's commit, but {what} {name!r} is a local "
-                         "folder: set train.model_revision to null (a folder has no revision)")
+    if Path(source).is_dir():
+        hub.refuse_revision_for_folder(revision, what, name)
+        return source, None
+    folder = hub.model_snapshot(source, what, revision)
+    return folder, Path(folder).name  # <cache>/snapshots/<commit>
 
 
 def _transformer_folder(folder: str) -> str:
@@ -147,7 +143,7 @@ def build_colbert(
     from transformers import AddedToken
 
     words = _skiplist_words(skiplist)
-    snapshot = _local_folder(base_model, "train.base_model", revision)
+    snapshot, commit = _local_folder(base_model, "train.base_model", revision)
     folder = _transformer_folder(snapshot)
 
     expansion = (
@@ -195,7 +191,7 @@ def build_colbert(
         similarity_fn_name="maxsim",
     )
     model.colbench_source = str(base_model)
-    model.colbench_revision = hub.snapshot_commit(snapshot)
+    model.colbench_revision = commit
     return model
 
 
@@ -245,11 +241,12 @@ def load_colbert(path_or_id: str, device: str | None = None, document_length: in
         if source in seen or len(seen) >= 8:
             raise InputError(f"checkpoint pointer loop: {' -> '.join(seen + [source])}")
         if not seen:
-            _refuse_revision(revision, what, str(path_or_id))
+            hub.refuse_revision_for_folder(revision, what, str(path_or_id))
         seen.append(source)
         try:
             entry = json.loads(pointer.read_text(encoding="utf-8"))
-            target, revision = entry["checkpoint"], entry.get("revision")
+            # A pointer without the key (written before revisions were recorded) keeps the outer pointer's.
+            target, revision = entry["checkpoint"], entry.get("revision", revision)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise InputError(f"{pointer}: expected JSON {{\"checkpoint\": \"<hub id or path>\"}}") from exc
         if not isinstance(target, str) or not target:
@@ -257,7 +254,7 @@ def load_colbert(path_or_id: str, device: str | None = None, document_length: in
         relative = Path(source) / target
         current = str(relative) if not Path(target).is_absolute() and relative.exists() else target
 
-    folder = _local_folder(source, what, revision)
+    folder, commit = _local_folder(source, what, revision)
     if not any((Path(folder) / name).is_file() for name in ("modules.json", "config_sentence_transformers.json")):
         raise InputError(
             f"{path_or_id!r} ({folder}) is not a ColBERT checkpoint: no modules.json or "
@@ -268,7 +265,7 @@ def load_colbert(path_or_id: str, device: str | None = None, document_length: in
     model = MultiVectorEncoder(folder, device=device, local_files_only=True,
                                model_kwargs={"attn_implementation": attn_implementation} if attn_implementation else None)
     model.colbench_source = str(path_or_id)
-    model.colbench_revision = hub.snapshot_commit(folder)
+    model.colbench_revision = commit
     if document_length is not None:
         check_lengths(model[0], "encode", document_length=document_length)
         model[0].document_length = int(document_length)  # part of the module config: the fingerprint follows

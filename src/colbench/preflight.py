@@ -46,6 +46,8 @@ def remote_resources(params: Params) -> list[Resource]:
     key, model = train.hub_model()
     if not is_local_or_builtin(model, base):
         found.append(Resource(key, "model", model, train.model_revision))
+    else:  # refused here, before the prepare stage's work, rather than when training starts
+        hub.refuse_revision_for_folder(train.model_revision, key, model)
     if train.eval.dataset == "nanobeir" and not train.checkpoint:
         found.append(Resource("train.eval.dataset", "nanobeir", hub.NANOBEIR))
     return found

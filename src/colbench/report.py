@@ -282,6 +282,8 @@ def experiments_origin(ablations: pd.DataFrame, provenance: Mapping[str, Any]) -
 def run_description(provenance: Mapping[str, Any]) -> list[str]:
     """Markdown lines saying what this run evaluated: an existing checkpoint, or the model trained here."""
     model = provenance.get("model") or {}
+    if isinstance(model, str):  # a provenance.json written before revisions were recorded
+        model = {"checkpoint": model}
     at = f" at hub commit `{model['revision'][:12]}`" if model.get("revision") else ""
     if model.get("checkpoint"):
         what = f"**Evaluated checkpoint**: `{model['checkpoint']}`{at} (existing; nothing was trained in this run)."
