@@ -199,8 +199,6 @@ def test_load_uncached_hub_id_offline_says_how_to_provide_it():
     assert time.monotonic() - start < 10  # fails fast, never hangs
 
 
-# --- model_fingerprint -----------------------------------------------------------------------------
-
 def test_a_hub_model_downloaded_without_its_other_formats_is_cached(hub_cache):
     # model_snapshot downloads the PyTorch weights only; huggingface_hub checks a cached snapshot against the
     # repository's whole file listing (trees/<commit>.json), which names the ONNX and *.bin copies left out.
@@ -213,6 +211,8 @@ def test_a_hub_model_downloaded_without_its_other_formats_is_cached(hub_cache):
     assert load_colbert("colbench-tests/colbert").colbench_revision == commit  # offline: from the cache
     assert hub.cached_snapshot("colbench-tests/colbert") == repo / "snapshots" / commit  # what make study checks
 
+
+# --- model_fingerprint -----------------------------------------------------------------------------
 
 def test_fingerprint_tracks_weights_and_settings():
     a = build_colbert(str(BERT_BASE), device="cpu")

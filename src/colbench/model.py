@@ -129,8 +129,8 @@ def build_colbert(
 ):
     """Build the study's ColBERT (an untrained projection) from a plain base encoder.
 
-    `base_model` is a hub id (at ``revision``: a commit, branch or tag; None: the latest), a local folder (Hugging
-    Face or sentence-transformers layout) or `pkg:<module>`; the hub commit used is the model's
+    `base_model` is a hub id (at ``revision``, see `colbench.hub.model_snapshot`), a local folder (Hugging Face or
+    sentence-transformers layout) or `pkg:<module>`; the hub commit used is the model's
     ``colbench_revision`` (None for a folder). The result is a `sentence_transformers.MultiVectorEncoder` whose
     saved folder reloads with `MultiVectorEncoder(path)` (native config, no PyLate needed). Randomness (projection,
     new embedding rows) is drawn from `seed` in a forked RNG, so the caller's RNG state is untouched.
@@ -224,9 +224,9 @@ def load_colbert(path_or_id: str, device: str | None = None, document_length: in
 
     A folder holding `checkpoint.json` = `{"checkpoint": "<hub id or path>", "revision": <commit or null>}` stands
     for that checkpoint (relative paths are taken relative to the pointer folder first), at the pointer's revision
-    (``revision`` is for a hub id named directly). Hub ids are served at ``revision`` (None: the latest) from the Hugging Face cache, or
-    downloaded when online; otherwise InputError says how to provide them (``what``: the params key naming the
-    checkpoint). The hub commit used is the model's ``colbench_revision``. A folder that is not a
+    (``revision`` is for a hub id named directly). Hub ids are served at ``revision`` by
+    `colbench.hub.model_snapshot` (the HF cache, or a download when online); otherwise InputError says how to
+    provide them (``what``: the params key naming the checkpoint). The hub commit used is the model's ``colbench_revision``. A folder that is not a
     sentence-transformers / PyLate checkpoint is refused.
     """
     from sentence_transformers import MultiVectorEncoder

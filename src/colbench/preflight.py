@@ -22,7 +22,7 @@ class Resource:
     param: str  # the params key that names it
     kind: str  # "model", "dataset" (hub) or "beir" (BEIR download server)
     name: str
-    revision: str | None = None  # the hub commit (branch, tag) asked for; None: the latest
+    revision: str | None = None  # the hub commit (branch, tag) asked for; None: the default branch
 
 
 def is_local_or_builtin(source: str, base: Path) -> bool:
