@@ -49,11 +49,15 @@ study: install
 	dvc repro report@study
 	@echo "Report: reports/README.md"
 
+# Two processes (pytest-xdist): the journeys' long pipelines are mostly one busy core each. Tests sharing a clone are
+# an xdist_group; `make demo`, shared by the demo's journeys, builds beside the other tests (tests/conftest.py).
+PYTEST_PROCESSES ?= 2
+
 test: install
-	HF_HUB_OFFLINE=1 python -m pytest --durations=15
+	HF_HUB_OFFLINE=1 python -m pytest -n $(PYTEST_PROCESSES) --dist loadgroup --durations=15
 
 test-fast: install
-	HF_HUB_OFFLINE=1 python -m pytest -m "not slow"
+	HF_HUB_OFFLINE=1 python -m pytest -n $(PYTEST_PROCESSES) --dist loadgroup -m "not slow"
 
 # Each runs its experiments (--temp: in a temporary copy, the workspace keeps the demo's own params and results),
 # snapshots them into demo/reports/experiments.json and refreshes the demo's report (see README, "Ablations").

@@ -19,6 +19,31 @@ FIXTURES = REPO / "tests" / "fixtures"
 PYLATE = FIXTURES / "pylate"
 
 
+DEMO_JOURNEYS = "test_journeys_demo.py"
+
+
+def pytest_collection_modifyitems(items):
+    """The demo's journeys last: `make demo`, which they share, builds in the background meanwhile (`demo_build`)."""
+    items.sort(key=lambda item: item.path.name == DEMO_JOURNEYS)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def demo_build(request, tmp_path_factory):
+    """`make demo` for the demo's journeys, when the run has any, started by the first test of the run (journeys.py,
+    `DemoBuild`). Under pytest-xdist (`make test`: two processes) the run's processes share the parent of their
+    temporary folders."""
+    if not any(item.path.name == DEMO_JOURNEYS for item in request.session.items):
+        yield None
+        return
+    from journeys import DemoBuild
+
+    shared = tmp_path_factory.getbasetemp()
+    build = DemoBuild((shared.parent if os.environ.get("PYTEST_XDIST_WORKER") else shared) / "demo-build")
+    build.start()
+    yield build
+    build.wait_for_mine()
+
+
 @pytest.fixture(autouse=True)
 def empty_hub_cache(tmp_path_factory, monkeypatch):
     """An empty Hugging Face hub cache for every test: what a developer's own cache holds (the study's data, say)

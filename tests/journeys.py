@@ -1,8 +1,8 @@
 """What the journey tests share: scratch clones of this working tree and the README's commands run in them, as a
 user runs them (offline, with this test run's virtualenv).
 
-The journeys are in two files: `test_journeys_demo.py` (one `make demo` that the demo's journeys share) and
-`test_journeys_study.py` (the study's pipeline pointed at local stand-ins for the hub and BEIR downloads).
+The journeys are in two files: `test_journeys_demo.py` (one `make demo` that the demo's journeys share: `DemoBuild`)
+and `test_journeys_study.py` (the study's pipeline pointed at local stand-ins for the hub and BEIR downloads).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -28,12 +29,15 @@ def environment(repo: Path) -> dict[str, str]:
             "PYTHONPATH": os.pathsep.join(filter(None, [str(repo / "src"), os.environ.get("PYTHONPATH")]))}
 
 
+def as_typed(cmd: str) -> str:
+    """A shell command as typed in the README; make targets use this test's virtualenv, never reinstalling."""
+    return f"make VENV={VENV} -o {VENV}/.installed {cmd[5:]}" if cmd.startswith("make ") else cmd
+
+
 def run(cmd: str, cwd: Path, *, check: bool = True, timeout: int = 3600) -> subprocess.CompletedProcess:
-    """A shell command as typed in the README (make targets use this test's virtualenv, never reinstalling)."""
-    env = environment(cwd)
-    if cmd.startswith("make "):
-        cmd = f"make VENV={VENV} -o {VENV}/.installed {cmd[5:]}"
-    done = subprocess.run(cmd, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    """A README command (`as_typed`), run to its end."""
+    done = subprocess.run(as_typed(cmd), shell=True, cwd=cwd, env=environment(cwd), capture_output=True, text=True,
+                          timeout=timeout)
     if check:
         assert done.returncode == 0, f"{cmd} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     return done
@@ -49,6 +53,49 @@ def clone_of_this_tree(target: Path) -> Path:
             shutil.copy2(ROOT / name, target / name)
     run("git init -q && git add -A && git -c user.name=t -c user.email=t@example.com commit -qm clone", target)
     return target
+
+
+class DemoBuild:
+    """`make demo` in a scratch clone, once per test run, in the background: the first process of the run to
+    `start` it (a pytest-xdist worker, or pytest alone) runs it beside its other tests, and the demo's journeys,
+    collected last (conftest.py), wait for it in `finished`. Each journey then works on a copy of the finished
+    clone, so none sees what another changed."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.repo, self.process = folder, folder / "clone", None
+        self.log, self.result = folder / "make-demo.log", folder / "make-demo.json"
+
+    def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        try:  # created by exactly one process of the run: that one builds
+            os.close(os.open(self.folder / "started", os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return
+        self.repo.mkdir()
+        clone_of_this_tree(self.repo)
+        # The shell writes make's exit status and duration when make ends, whichever process waits for it.
+        script = (f'SECONDS=0; {as_typed("make demo")} > "{self.log}" 2>&1; '
+                  f'echo "{{\\"returncode\\": $?, \\"seconds\\": $SECONDS}}" > "{self.result}.tmp" && '
+                  f'mv "{self.result}.tmp" "{self.result}"')
+        self.process = subprocess.Popen(["bash", "-c", script], cwd=self.repo, env=environment(self.repo),
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def finished(self, timeout: int = 3600) -> dict:
+        """``{"returncode", "seconds"}`` of `make demo`, once it has ended and succeeded."""
+        deadline = time.monotonic() + timeout
+        while not self.result.exists():
+            assert time.monotonic() < deadline, f"make demo has not ended after {timeout} s: {self.log}"
+            assert self.process is None or self.process.poll() is None or self.result.exists(), \
+                "the process running make demo ended without its exit status"
+            time.sleep(1)
+        result = read(self.result)
+        assert result["returncode"] == 0, f"make demo failed:\n{self.log.read_text()[-8000:]}"
+        return result
+
+    def wait_for_mine(self) -> None:
+        """At the end of the session of the process that started it: a run's other process may still need it."""
+        if self.process is not None:
+            self.process.wait()
 
 
 def read(path: Path):

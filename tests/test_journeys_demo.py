@@ -1,8 +1,9 @@
 """The README's commands on the demo, run as a user runs them in a scratch clone of this working tree, offline.
 
-The clone runs `make demo` once; the journeys that build on a finished demo share that run: change a module and
-see which stages are stale, experiments in the report, outputs through a DVC remote, a killed run that resumes to
-the same result. Each test names the README section whose commands it runs.
+One clone runs `make demo`, beside the other tests of the run (conftest.py, `demo_build`); each journey that builds on
+a finished demo works on its own copy of that clone: change a module and see which stages are stale, experiments in
+the report, outputs through a DVC remote, a killed run that resumes to the same result. Each test names the README
+section whose commands it runs. The longest journeys come first: `make test`'s two processes start them first.
 """
 
 from __future__ import annotations
@@ -18,71 +19,23 @@ import time
 import pytest
 import yaml
 
-from journeys import clone_of_this_tree, declared_outputs, environment, read, run, stale_stages
+from journeys import declared_outputs, environment, read, run, stale_stages
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> dict:
-    """README, top: `make demo` in a fresh clone."""
-    repo = clone_of_this_tree(tmp_path_factory.mktemp("demo-clone"))
-    started = time.perf_counter()
-    run("make demo", repo)
+@pytest.fixture
+def demo(demo_build, tmp_path):
+    """README, top: `make demo` in a fresh clone; this test's own copy of it."""
+    seconds = demo_build.finished()["seconds"]
+    repo = tmp_path / "demo-clone"
+    shutil.copytree(demo_build.repo, repo, symlinks=True)
     folder = repo / "demo"
-    return {"repo": repo, "seconds": time.perf_counter() - started,
-            "metrics": read(folder / "reports/metrics/evaluate.json"),
-            "training": read(folder / "reports/metrics/train.json"),
-            "weights": read(folder / "models/colbert/colbench_train.json")["parameter_sha256"]}
-
-
-def test_make_demo_writes_the_report_and_training_helps(demo):
-    repo = demo["repo"]
-    missing = [str(p.relative_to(repo)) for p in declared_outputs(repo, "demo") if not p.exists()]
-    assert not missing, f"declared but not produced: {missing}"
-    reports = repo / "demo" / "reports"
-    for stage in ("01_prepare", "02_train", "03_encode", "04_index", "05_retrieve", "06_evaluate", "07_report"):
-        assert (reports / "html" / f"{stage}.html").stat().st_size > 10_000
-        # The executed notebooks are the report: no progress bars, no trainer log printed line by line.
-        shown = json.dumps(read(reports / "notebooks" / f"{stage}.ipynb")["cells"])
-        assert not re.search(r"<progress|it/s\]|IProgress|\{'loss': ", shown), stage
-    train = read(reports / "metrics" / "train.json")
-    assert demo["metrics"]["pydocs"]["ndcg@10"] > train["heldout_start_ndcg@10"] + 0.01, (train, demo["metrics"])
-    # The number the README publishes (demo/params.yaml's reference, 61.62). On another CPU the rounding of the
-    # 25 training steps may differ a little; a broken recipe costs several points (seeds alone move 1.6).
-    reference = yaml.safe_load((repo / "demo" / "params.yaml").read_text())["report"]["reference_ndcg10"]["pydocs"]
-    assert 100 * demo["metrics"]["pydocs"]["ndcg@10"] == pytest.approx(reference, abs=1.0), demo["metrics"]
-    index = (reports / "README.md").read_text()
-    assert "**reproduced**: the demo reference value 61.62 lies inside the interval" in index, index[:2000]
-    print(f"make demo: {demo['seconds']:.0f} s")
-
-
-@pytest.mark.parametrize(("module", "stale"), [
-    ("figures", {"report@demo"}),  # editing the report's figures does not retrain
-    ("index", {"train@demo", "index@demo", "retrieve@demo"}),  # the held-out evaluation searches through retrieve
-    ("evaluate", {"train@demo", "retrieve@demo", "evaluate@demo", "report@demo"}),
-])
-def test_editing_a_module_makes_exactly_the_stages_that_import_it_stale(demo, module, stale):
-    repo = demo["repo"]
-    source = repo / "src" / "colbench" / f"{module}.py"
-    original = source.read_text()
-    assert stale_stages(repo, "report@demo") == set()  # the finished demo is up to date
-    try:
-        source.write_text(original + "\n# an edit\n")
-        assert stale_stages(repo, "report@demo") == stale
-    finally:
-        source.write_text(original)
-
-
-def test_make_ablation_adds_the_experiment_to_the_report(demo):
-    # README, "Ablations": `make ablation` with another setting than its default pair (a cheap one: retrieval only).
-    repo = demo["repo"]
-    run("make ablation ABLATIONS=retrieve.ef_search=128", repo)
-    index = (repo / "demo" / "reports" / "README.md").read_text()
-    ablations = index.split("## Ablations", 1)[1].split("\n## ", 1)[0]
-    assert "retrieve.ef_search" in ablations
-    experiments = [line for line in ablations.splitlines() if re.match(r"\| [\w-]+ \| experiment \|", line)]
-    assert any(re.search(r"\| 128 \|", line) for line in experiments), ablations
+    yield {"repo": repo, "seconds": seconds,
+           "metrics": read(folder / "reports/metrics/evaluate.json"),
+           "training": read(folder / "reports/metrics/train.json"),
+           "weights": read(folder / "models/colbert/colbench_train.json")["parameter_sha256"]}
+    shutil.rmtree(repo)  # nearly a gigabyte per journey
 
 
 def test_make_seeds_and_make_encoders_feed_the_report(demo):
@@ -100,21 +53,6 @@ def test_make_seeds_and_make_encoders_feed_the_report(demo):
     index = (reports / "README.md").read_text()
     assert "## Seed variance" in index and "## Encoders" in index
     assert (reports / "figures" / "seeds.png").stat().st_size > 10_000
-
-
-def test_outputs_round_trip_through_a_dvc_remote(demo, tmp_path):
-    # README, "Sharing artifacts".
-    repo = demo["repo"]
-    index = repo / "demo/data/indexes/pydocs/manifest.json"
-    before = index.read_bytes()
-    run(f"dvc remote add --local -d storage {tmp_path / 'remote'} && dvc push", repo)
-    shutil.rmtree(repo / ".dvc" / "cache")
-    shutil.rmtree(repo / "demo" / "data")
-    shutil.rmtree(repo / "demo" / "models" / "colbert")
-    run("dvc pull --with-deps report@demo", repo)
-    assert index.read_bytes() == before
-    assert (repo / "demo/models/colbert/model.safetensors").is_file()
-    assert stale_stages(repo, "report@demo") == set()
 
 
 def test_a_killed_demo_resumes_from_its_checkpoint_and_ends_identical(demo):
@@ -164,3 +102,67 @@ def test_a_killed_demo_resumes_from_its_checkpoint_and_ends_identical(demo):
     # published again from the checkpoints folder, unchanged.
     assert {path.name: path.read_bytes() for path in (folder / "reports/train/baseline_runs").glob("*.trec")} == \
         baseline_runs
+
+
+def test_make_ablation_adds_the_experiment_to_the_report(demo):
+    # README, "Ablations": `make ablation` with another setting than its default pair (a cheap one: retrieval only).
+    repo = demo["repo"]
+    run("make ablation ABLATIONS=retrieve.ef_search=128", repo)
+    index = (repo / "demo" / "reports" / "README.md").read_text()
+    ablations = index.split("## Ablations", 1)[1].split("\n## ", 1)[0]
+    assert "retrieve.ef_search" in ablations
+    experiments = [line for line in ablations.splitlines() if re.match(r"\| [\w-]+ \| experiment \|", line)]
+    assert any(re.search(r"\| 128 \|", line) for line in experiments), ablations
+
+
+def test_outputs_round_trip_through_a_dvc_remote(demo, tmp_path):
+    # README, "Sharing artifacts".
+    repo = demo["repo"]
+    index = repo / "demo/data/indexes/pydocs/manifest.json"
+    before = index.read_bytes()
+    run(f"dvc remote add --local -d storage {tmp_path / 'remote'} && dvc push", repo)
+    shutil.rmtree(repo / ".dvc" / "cache")
+    shutil.rmtree(repo / "demo" / "data")
+    shutil.rmtree(repo / "demo" / "models" / "colbert")
+    run("dvc pull --with-deps report@demo", repo)
+    assert index.read_bytes() == before
+    assert (repo / "demo/models/colbert/model.safetensors").is_file()
+    assert stale_stages(repo, "report@demo") == set()
+
+
+def test_make_demo_writes_the_report_and_training_helps(demo):
+    repo = demo["repo"]
+    missing = [str(p.relative_to(repo)) for p in declared_outputs(repo, "demo") if not p.exists()]
+    assert not missing, f"declared but not produced: {missing}"
+    reports = repo / "demo" / "reports"
+    for stage in ("01_prepare", "02_train", "03_encode", "04_index", "05_retrieve", "06_evaluate", "07_report"):
+        assert (reports / "html" / f"{stage}.html").stat().st_size > 10_000
+        # The executed notebooks are the report: no progress bars, no trainer log printed line by line.
+        shown = json.dumps(read(reports / "notebooks" / f"{stage}.ipynb")["cells"])
+        assert not re.search(r"<progress|it/s\]|IProgress|\{'loss': ", shown), stage
+    train = read(reports / "metrics" / "train.json")
+    assert demo["metrics"]["pydocs"]["ndcg@10"] > train["heldout_start_ndcg@10"] + 0.01, (train, demo["metrics"])
+    # The number the README publishes (demo/params.yaml's reference, 61.62). On another CPU the rounding of the
+    # 25 training steps may differ a little; a broken recipe costs several points (seeds alone move 1.6).
+    reference = yaml.safe_load((repo / "demo" / "params.yaml").read_text())["report"]["reference_ndcg10"]["pydocs"]
+    assert 100 * demo["metrics"]["pydocs"]["ndcg@10"] == pytest.approx(reference, abs=1.0), demo["metrics"]
+    index = (reports / "README.md").read_text()
+    assert "**reproduced**: the demo reference value 61.62 lies inside the interval" in index, index[:2000]
+    print(f"make demo: {demo['seconds']:.0f} s")
+
+
+@pytest.mark.parametrize(("module", "stale"), [
+    ("figures", {"report@demo"}),  # editing the report's figures does not retrain
+    ("index", {"train@demo", "index@demo", "retrieve@demo"}),  # the held-out evaluation searches through retrieve
+    ("evaluate", {"train@demo", "retrieve@demo", "evaluate@demo", "report@demo"}),
+])
+def test_editing_a_module_makes_exactly_the_stages_that_import_it_stale(demo, module, stale):
+    repo = demo["repo"]
+    source = repo / "src" / "colbench" / f"{module}.py"
+    original = source.read_text()
+    assert stale_stages(repo, "report@demo") == set()  # the finished demo is up to date
+    try:
+        source.write_text(original + "\n# an edit\n")
+        assert stale_stages(repo, "report@demo") == stale
+    finally:
+        source.write_text(original)
