@@ -31,7 +31,8 @@ def pytest_collection_modifyitems(items):
 def demo_build(request, tmp_path_factory):
     """`make demo` for the demo's journeys, when the run has any, started by the first test of the run (journeys.py,
     `DemoBuild`). Under pytest-xdist (`make test`: two processes) the run's processes share the parent of their
-    temporary folders."""
+    temporary folders. The build is what the run waits for last, so the tests yield the CPU to it: each test
+    process lowers its own priority once the build has started (the build keeps the priority it started with)."""
     if not any(item.path.name == DEMO_JOURNEYS for item in request.session.items):
         yield None
         return
@@ -40,6 +41,7 @@ def demo_build(request, tmp_path_factory):
     shared = tmp_path_factory.getbasetemp()
     build = DemoBuild((shared.parent if os.environ.get("PYTEST_XDIST_WORKER") else shared) / "demo-build")
     build.start()
+    os.nice(10)
     yield build
     build.wait_for_mine()
 

@@ -3,7 +3,8 @@
 One clone runs `make demo`, beside the other tests of the run (conftest.py, `demo_build`); each journey that builds on
 a finished demo works on its own copy of that clone: change a module and see which stages are stale, experiments in
 the report, outputs through a DVC remote, a killed run that resumes to the same result. Each test names the README
-section whose commands it runs. The longest journeys come first: `make test`'s two processes start them first.
+section whose commands it runs. Under pytest-xdist they run one after the other in one process (an xdist_group),
+while the run's other process takes the other tests.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import yaml
 
 from journeys import declared_outputs, environment, read, run, stale_stages
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("demo-journeys")]
 
 
 @pytest.fixture
@@ -36,98 +37,6 @@ def demo(demo_build, tmp_path):
            "training": read(folder / "reports/metrics/train.json"),
            "weights": read(folder / "models/colbert/colbench_train.json")["parameter_sha256"]}
     shutil.rmtree(repo)  # nearly a gigabyte per journey
-
-
-def test_make_seeds_and_make_encoders_feed_the_report(demo):
-    # README, "Seeds and encoders", at toy scale: the tiny random BERT of the tests trains in seconds. `make encoders`
-    # runs it with the demo's seed, `make seeds` once more with seed 7: a seed group of two, and an encoder
-    # comparison against the demo's MiniLM run.
-    repo, tiny = demo["repo"], "../tests/fixtures/pylate/bert/base"
-    run(f"make encoders ENCODERS={tiny}", repo)
-    run(f"make seeds SEEDS=7 EXP_FLAGS='-S demo/params.yaml:train.base_model={tiny}'", repo)
-    reports = repo / "demo" / "reports"
-    seeds = (reports / "seeds.csv").read_text().splitlines()
-    assert len(seeds) == 2 and seeds[1].startswith("pydocs,2,"), seeds  # one group, one dataset, two seeds
-    encoders = (reports / "encoders.csv").read_text()
-    assert tiny in encoders
-    index = (reports / "README.md").read_text()
-    assert "## Seed variance" in index and "## Encoders" in index
-    assert (reports / "figures" / "seeds.png").stat().st_size > 10_000
-
-
-def test_a_killed_demo_resumes_from_its_checkpoint_and_ends_identical(demo):
-    # README, "Run the full study": a killed run resumes from its last complete checkpoint. The demo's run left
-    # checkpoints at steps 20 and 25 (of 25): without the last one and the final model, `dvc repro` trains steps 21
-    # to 25 again, and is killed (SIGKILL to the whole pipeline: dvc, papermill, the kernel) in the middle of them.
-    # Rerun, it resumes from step 20 and ends with the uninterrupted run's weights and held-out metrics, which the
-    # stage computes with the pipeline's own encode, index, search and scoring. (tests/test_train.py kills a
-    # training that started from scratch in the middle of a step and compares the two runs bit for bit.)
-    repo, folder = demo["repo"], demo["repo"] / "demo"
-    baseline_runs = {path.name: path.read_bytes() for path in (folder / "reports/train/baseline_runs").glob("*.trec")}
-    assert baseline_runs  # the untrained model's runs: the report's per-query baseline
-    for later in (folder / "models/checkpoints").glob("checkpoint-*"):
-        if int(later.name.split("-")[1]) > 20:
-            shutil.rmtree(later)
-    shutil.rmtree(folder / "models/colbert")
-    log = folder / "reports/train/log.json"
-    log.unlink()
-    shutil.rmtree(repo / ".dvc" / "cache")  # no cached outputs for DVC to restore: the stage has to run
-
-    def trained_past_step_20() -> bool:
-        try:
-            return max(record["step"] for record in read(log)["records"]) > 20
-        except (OSError, ValueError, KeyError):
-            return False
-
-    process = subprocess.Popen(["dvc", "repro", "train@demo"], cwd=repo, env=environment(repo), start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 900
-    while not trained_past_step_20() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert trained_past_step_20(), "the rerun logged no training step after the checkpoint before the pipeline ended"
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    assert not (folder / "models/colbert/colbench_train.json").exists()
-
-    run("dvc repro train@demo", repo)
-    record = read(folder / "models/colbert/colbench_train.json")
-    assert record["resumed_from_step"] == 20
-    assert record["parameter_sha256"] == demo["weights"]
-    resumed = read(folder / "reports/metrics/train.json")
-    run_only = ("resumed_from_step", "queries_this_run")  # what this run did, not what it ended with
-    assert {k: v for k, v in resumed.items() if k not in run_only} == \
-        {k: v for k, v in demo["training"].items() if k not in run_only}
-    assert (resumed["queries_this_run"], demo["training"]["queries_this_run"]) == (5 * 16, 400)  # steps 21-25
-    # DVC removed the stage's outputs before each rerun, and the resumed run has no step 0: the baseline runs are
-    # published again from the checkpoints folder, unchanged.
-    assert {path.name: path.read_bytes() for path in (folder / "reports/train/baseline_runs").glob("*.trec")} == \
-        baseline_runs
-
-
-def test_make_ablation_adds_the_experiment_to_the_report(demo):
-    # README, "Ablations": `make ablation` with another setting than its default pair (a cheap one: retrieval only).
-    repo = demo["repo"]
-    run("make ablation ABLATIONS=retrieve.ef_search=128", repo)
-    index = (repo / "demo" / "reports" / "README.md").read_text()
-    ablations = index.split("## Ablations", 1)[1].split("\n## ", 1)[0]
-    assert "retrieve.ef_search" in ablations
-    experiments = [line for line in ablations.splitlines() if re.match(r"\| [\w-]+ \| experiment \|", line)]
-    assert any(re.search(r"\| 128 \|", line) for line in experiments), ablations
-
-
-def test_outputs_round_trip_through_a_dvc_remote(demo, tmp_path):
-    # README, "Sharing artifacts".
-    repo = demo["repo"]
-    index = repo / "demo/data/indexes/pydocs/manifest.json"
-    before = index.read_bytes()
-    run(f"dvc remote add --local -d storage {tmp_path / 'remote'} && dvc push", repo)
-    shutil.rmtree(repo / ".dvc" / "cache")
-    shutil.rmtree(repo / "demo" / "data")
-    shutil.rmtree(repo / "demo" / "models" / "colbert")
-    run("dvc pull --with-deps report@demo", repo)
-    assert index.read_bytes() == before
-    assert (repo / "demo/models/colbert/model.safetensors").is_file()
-    assert stale_stages(repo, "report@demo") == set()
 
 
 def test_make_demo_writes_the_report_and_training_helps(demo):
@@ -166,3 +75,102 @@ def test_editing_a_module_makes_exactly_the_stages_that_import_it_stale(demo, mo
         assert stale_stages(repo, "report@demo") == stale
     finally:
         source.write_text(original)
+
+
+def test_make_ablation_adds_the_experiment_to_the_report(demo):
+    # README, "Ablations": `make ablation` with another setting than its default pair (a cheap one: retrieval only).
+    repo = demo["repo"]
+    run("make ablation ABLATIONS=retrieve.ef_search=128", repo)
+    index = (repo / "demo" / "reports" / "README.md").read_text()
+    ablations = index.split("## Ablations", 1)[1].split("\n## ", 1)[0]
+    assert "retrieve.ef_search" in ablations
+    experiments = [line for line in ablations.splitlines() if re.match(r"\| [\w-]+ \| experiment \|", line)]
+    assert any(re.search(r"\| 128 \|", line) for line in experiments), ablations
+
+
+def test_make_seeds_and_make_encoders_feed_the_report(demo):
+    # README, "Seeds and encoders", at toy scale: the tiny random BERT of the tests trains in seconds. `make encoders`
+    # runs it with the demo's seed, `make seeds` once more with seed 7: a seed group of two, and an encoder
+    # comparison against the demo's MiniLM run.
+    repo, tiny = demo["repo"], "../tests/fixtures/pylate/bert/base"
+    run(f"make encoders ENCODERS={tiny}", repo)
+    run(f"make seeds SEEDS=7 EXP_FLAGS='-S demo/params.yaml:train.base_model={tiny}'", repo)
+    reports = repo / "demo" / "reports"
+    seeds = (reports / "seeds.csv").read_text().splitlines()
+    assert len(seeds) == 2 and seeds[1].startswith("pydocs,2,"), seeds  # one group, one dataset, two seeds
+    encoders = (reports / "encoders.csv").read_text()
+    assert tiny in encoders
+    index = (reports / "README.md").read_text()
+    assert "## Seed variance" in index and "## Encoders" in index
+    assert (reports / "figures" / "seeds.png").stat().st_size > 10_000
+
+
+def test_outputs_round_trip_through_a_dvc_remote(demo, tmp_path):
+    # README, "Sharing artifacts".
+    repo = demo["repo"]
+    index = repo / "demo/data/indexes/pydocs/manifest.json"
+    before = index.read_bytes()
+    run(f"dvc remote add --local -d storage {tmp_path / 'remote'} && dvc push", repo)
+    shutil.rmtree(repo / ".dvc" / "cache")
+    shutil.rmtree(repo / "demo" / "data")
+    shutil.rmtree(repo / "demo" / "models" / "colbert")
+    run("dvc pull --with-deps report@demo", repo)
+    assert index.read_bytes() == before
+    assert (repo / "demo/models/colbert/model.safetensors").is_file()
+    assert stale_stages(repo, "report@demo") == set()
+
+
+def forget_cached_outputs(repo, stage: str) -> None:
+    """As after a run of `stage` that never ended: its outputs are not in DVC's cache (nor its run cache)."""
+    for out in yaml.safe_load((repo / "dvc.lock").read_text())["stages"][stage]["outs"]:
+        (repo / ".dvc/cache/files/md5" / out["md5"][:2] / out["md5"][2:]).unlink()
+    shutil.rmtree(repo / ".dvc/cache/runs")
+
+
+def test_a_killed_demo_resumes_from_its_checkpoint_and_ends_identical(demo):
+    # README, "Run the full study": a killed run resumes from its last complete checkpoint. The demo's run left
+    # checkpoints at steps 20 and 25 (of 25): without the last one and the final model, `dvc repro` trains steps 21
+    # to 25 again, and is killed (SIGKILL to the whole pipeline: dvc, papermill, the kernel) in the middle of them.
+    # Rerun, it resumes from step 20 and ends with the uninterrupted run's weights and held-out metrics, which the
+    # stage computes with the pipeline's own encode, index, search and scoring. (tests/test_train.py kills a
+    # training that started from scratch in the middle of a step and compares the two runs bit for bit.)
+    repo, folder = demo["repo"], demo["repo"] / "demo"
+    baseline_runs = {path.name: path.read_bytes() for path in (folder / "reports/train/baseline_runs").glob("*.trec")}
+    assert baseline_runs  # the untrained model's runs: the report's per-query baseline
+    for later in (folder / "models/checkpoints").glob("checkpoint-*"):
+        if int(later.name.split("-")[1]) > 20:
+            shutil.rmtree(later)
+    shutil.rmtree(folder / "models/colbert")
+    log = folder / "reports/train/log.json"
+    log.unlink()
+    forget_cached_outputs(repo, "train@demo")  # DVC has nothing to restore: the stage has to run, and only it
+
+    def trained_past_step_20() -> bool:
+        try:
+            return max(record["step"] for record in read(log)["records"]) > 20
+        except (OSError, ValueError, KeyError):
+            return False
+
+    process = subprocess.Popen(["dvc", "repro", "train@demo"], cwd=repo, env=environment(repo), start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 900
+    while not trained_past_step_20() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert trained_past_step_20(), "the rerun logged no training step after the checkpoint before the pipeline ended"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (folder / "models/colbert/colbench_train.json").exists()
+
+    run("dvc repro train@demo", repo)
+    record = read(folder / "models/colbert/colbench_train.json")
+    assert record["resumed_from_step"] == 20
+    assert record["parameter_sha256"] == demo["weights"]
+    resumed = read(folder / "reports/metrics/train.json")
+    run_only = ("resumed_from_step", "queries_this_run")  # what this run did, not what it ended with
+    assert {k: v for k, v in resumed.items() if k not in run_only} == \
+        {k: v for k, v in demo["training"].items() if k not in run_only}
+    assert (resumed["queries_this_run"], demo["training"]["queries_this_run"]) == (5 * 16, 400)  # steps 21-25
+    # DVC removed the stage's outputs before each rerun, and the resumed run has no step 0: the baseline runs are
+    # published again from the checkpoints folder, unchanged.
+    assert {path.name: path.read_bytes() for path in (folder / "reports/train/baseline_runs").glob("*.trec")} == \
+        baseline_runs
