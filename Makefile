@@ -49,15 +49,16 @@ study: install
 	dvc repro report@study
 	@echo "Report: reports/README.md"
 
-# Two processes (pytest-xdist): the journeys' long pipelines are mostly one busy core each. Tests sharing a clone are
-# an xdist_group; `make demo`, shared by the demo's journeys, builds beside the other tests (tests/conftest.py).
-PYTEST_PROCESSES ?= 2
+# Two test processes (pytest-xdist); one waits for `make demo`, which the demo's journeys share and which builds
+# beside the other tests, while the other takes the rest, stealing from the first's queue when it runs out
+# (tests/conftest.py).
+PYTEST = python -m pytest -n 2 --dist worksteal
 
 test: install
-	HF_HUB_OFFLINE=1 python -m pytest -n $(PYTEST_PROCESSES) --dist loadgroup --durations=15
+	HF_HUB_OFFLINE=1 $(PYTEST) --durations=15
 
 test-fast: install
-	HF_HUB_OFFLINE=1 python -m pytest -n $(PYTEST_PROCESSES) --dist loadgroup -m "not slow"
+	HF_HUB_OFFLINE=1 $(PYTEST) -m "not slow"
 
 # Each runs its experiments (--temp: in a temporary copy, the workspace keeps the demo's own params and results),
 # snapshots them into demo/reports/experiments.json and refreshes the demo's report (see README, "Ablations").

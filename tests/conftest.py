@@ -23,8 +23,14 @@ DEMO_JOURNEYS = "test_journeys_demo.py"
 
 
 def pytest_collection_modifyitems(items):
-    """The demo's journeys last: `make demo`, which they share, builds in the background meanwhile (`demo_build`)."""
-    items.sort(key=lambda item: item.path.name == DEMO_JOURNEYS)
+    """Where the demo's journeys run: they wait for `make demo` (`demo_build`), which builds beside the other tests.
+    Alone, pytest runs them last. Under pytest-xdist (`make test`: two processes, --dist worksteal) they come first,
+    so that one process waits for the build and then runs them, longest first, while the other takes the other
+    tests and, when it runs out, the rest of the first's queue: the build runs beside one process, not two."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: item.path.name != DEMO_JOURNEYS)
+    else:
+        items.sort(key=lambda item: item.path.name == DEMO_JOURNEYS)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -14,7 +14,7 @@ import yaml
 
 from journeys import clone_of_this_tree, declared_outputs, read, run, stale_stages
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("study-clone")]  # one process runs them: they share a clone
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
