@@ -49,8 +49,7 @@ study: install
 	dvc repro report@study
 	@echo "Report: reports/README.md"
 
-# Two test processes (pytest-xdist); one waits for `make demo`, which the demo's journeys share and which builds
-# beside the other tests, while the other takes the rest, stealing from the first's queue when it runs out
+# Two test processes (pytest-xdist); `make demo`, which the demo's journeys share, builds beside the other tests
 # (tests/conftest.py).
 PYTEST = python -m pytest -n 2 --dist worksteal
 

@@ -23,22 +23,17 @@ DEMO_JOURNEYS = "test_journeys_demo.py"
 
 
 def pytest_collection_modifyitems(items):
-    """Where the demo's journeys run: they wait for `make demo` (`demo_build`), which builds beside the other tests.
-    Alone, pytest runs them last. Under pytest-xdist (`make test`: two processes, --dist worksteal) they come first,
-    so that one process waits for the build and then runs them, longest first, while the other takes the other
-    tests and, when it runs out, the rest of the first's queue: the build runs beside one process, not two."""
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        items.sort(key=lambda item: item.path.name != DEMO_JOURNEYS)
-    else:
-        items.sort(key=lambda item: item.path.name == DEMO_JOURNEYS)
+    """The demo's journeys last: `make demo`, which they wait for (`demo_build`), builds beside the tests before them.
+    Under pytest-xdist (`make test`: two processes, --dist worksteal) the second process's share ends with them, and
+    the first, when it runs out, steals the end of that queue: the two processes run the journeys side by side."""
+    items.sort(key=lambda item: item.path.name == DEMO_JOURNEYS)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def demo_build(request, tmp_path_factory):
     """`make demo` for the demo's journeys, when the run has any, started by the first test of the run (journeys.py,
     `DemoBuild`). Under pytest-xdist (`make test`: two processes) the run's processes share the parent of their
-    temporary folders. The build is what the run waits for last, so the tests yield the CPU to it: each test
-    process lowers its own priority once the build has started (the build keeps the priority it started with)."""
+    temporary folders."""
     if not any(item.path.name == DEMO_JOURNEYS for item in request.session.items):
         yield None
         return
@@ -47,9 +42,9 @@ def demo_build(request, tmp_path_factory):
     shared = tmp_path_factory.getbasetemp()
     build = DemoBuild((shared.parent if os.environ.get("PYTEST_XDIST_WORKER") else shared) / "demo-build")
     build.start()
-    os.nice(10)
     yield build
-    build.wait_for_mine()
+    session = request.session
+    build.stop(wait=not (session.shouldfail or session.shouldstop or session.exitstatus == pytest.ExitCode.INTERRUPTED))
 
 
 @pytest.fixture(autouse=True)

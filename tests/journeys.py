@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -56,45 +57,65 @@ def clone_of_this_tree(target: Path) -> Path:
 
 
 class DemoBuild:
-    """`make demo` in a scratch clone, once per test run, in the background: the first process of the run to
-    `start` it (a pytest-xdist worker, or pytest alone) runs it beside its other tests, and the demo's journeys,
-    collected last (conftest.py), wait for it in `finished`. Each journey then works on a copy of the finished
-    clone, so none sees what another changed."""
+    """`make demo` in a scratch clone, once per test run, in the background (conftest.py, `demo_build`): the first
+    process of the run to `start` it (a pytest-xdist worker, or pytest alone) launches it, and the demo's journeys
+    wait for it in `finished`, in whichever process they run; each then works on a copy of the finished clone, so
+    none sees what another changed. One deadline for the whole run, counted from the start."""
+
+    TIMEOUT = 3600
 
     def __init__(self, folder: Path):
         self.folder, self.repo, self.process = folder, folder / "clone", None
-        self.log, self.result = folder / "make-demo.log", folder / "make-demo.json"
+        self.started, self.log, self.result = folder / "started", folder / "make-demo.log", folder / "make-demo.json"
 
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         try:  # created by exactly one process of the run: that one builds
-            os.close(os.open(self.folder / "started", os.O_CREAT | os.O_EXCL))
+            os.close(os.open(self.started, os.O_CREAT | os.O_EXCL))
         except FileExistsError:
             return
-        self.repo.mkdir()
-        clone_of_this_tree(self.repo)
-        # The shell writes make's exit status and duration when make ends, whichever process waits for it.
-        script = (f'SECONDS=0; {as_typed("make demo")} > "{self.log}" 2>&1; '
-                  f'echo "{{\\"returncode\\": $?, \\"seconds\\": $SECONDS}}" > "{self.result}.tmp" && '
-                  f'mv "{self.result}.tmp" "{self.result}"')
-        self.process = subprocess.Popen(["bash", "-c", script], cwd=self.repo, env=environment(self.repo),
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            self.repo.mkdir()
+            clone_of_this_tree(self.repo)
+            # The shell writes make's exit status and duration when make ends, for whichever process waits.
+            script = (f'SECONDS=0; {as_typed("make demo")} > "{self.log}" 2>&1; '
+                      f'echo "{{\\"returncode\\": $?, \\"seconds\\": $SECONDS}}" > "{self.result}.tmp" && '
+                      f'mv "{self.result}.tmp" "{self.result}"')
+            # A session of its own, so that `stop` ends make and all it started.
+            self.process = subprocess.Popen(["bash", "-c", script], cwd=self.repo, env=environment(self.repo),
+                                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL, start_new_session=True)
+        except Exception as error:  # the journeys fail with it, in every process; the other tests run on
+            self.result.with_suffix(".tmp").write_text(json.dumps({"returncode": None, "error": repr(error)}))
+            self.result.with_suffix(".tmp").replace(self.result)
 
-    def finished(self, timeout: int = 3600) -> dict:
+    def deadline(self) -> float:
+        return self.started.stat().st_mtime + self.TIMEOUT
+
+    def finished(self) -> dict:
         """``{"returncode", "seconds"}`` of `make demo`, once it has ended and succeeded."""
-        deadline = time.monotonic() + timeout
         while not self.result.exists():
-            assert time.monotonic() < deadline, f"make demo has not ended after {timeout} s: {self.log}"
+            assert time.time() < self.deadline(), f"make demo has not ended within {self.TIMEOUT} s: {self.log}"
             assert self.process is None or self.process.poll() is None or self.result.exists(), \
                 "the process running make demo ended without its exit status"
             time.sleep(1)
         result = read(self.result)
-        assert result["returncode"] == 0, f"make demo failed:\n{self.log.read_text()[-8000:]}"
+        assert result["returncode"] == 0, f"make demo failed: {result.get('error') or self.log.read_text()[-8000:]}"
         return result
 
-    def wait_for_mine(self) -> None:
-        """At the end of the session of the process that started it: a run's other process may still need it."""
-        if self.process is not None:
+    def stop(self, *, wait: bool) -> None:
+        """At the end of the session of the process that started it: with ``wait`` (a session that ran to its end,
+        while the run's other process may still be waiting for the build), up to the deadline; then it ends what is
+        left of the build (after Ctrl-C, -x, or the deadline)."""
+        if self.process is None:
+            return
+        if wait:
+            try:
+                self.process.wait(timeout=max(0.0, self.deadline() - time.time()))
+            except subprocess.TimeoutExpired:
+                pass
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
 

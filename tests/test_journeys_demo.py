@@ -3,7 +3,8 @@
 One clone runs `make demo`, beside the other tests of the run (conftest.py, `demo_build`); each journey that builds on
 a finished demo works on its own copy of that clone: change a module and see which stages are stale, experiments in
 the report, outputs through a DVC remote, a killed run that resumes to the same result. Each test names the README
-section whose commands it runs. They are in order of duration, longest first (conftest.py says why).
+section whose commands it runs. They are in order of duration, longest first: under `make test` the other process
+steals from the end of the queue (conftest.py).
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def test_make_seeds_and_make_encoders_feed_the_report(demo):
 
 
 def forget_cached_outputs(repo, stage: str) -> None:
-    """As after a run of `stage` that never ended: its outputs are not in DVC's cache (nor its run cache)."""
+    """As after a run of `stage` that never ended: DVC's cache lacks its outputs (a file's object, a directory's
+    manifest) and the run cache is empty, so `dvc repro` has to run the stage."""
     for out in yaml.safe_load((repo / "dvc.lock").read_text())["stages"][stage]["outs"]:
         (repo / ".dvc/cache/files/md5" / out["md5"][:2] / out["md5"][2:]).unlink()
     shutil.rmtree(repo / ".dvc/cache/runs")
