@@ -102,6 +102,25 @@ def test_kd_dataset_resolves_ids_to_texts_in_stored_order():
     assert row["scores"] == pytest.approx(raw[1]["scores"][:3])
 
 
+def test_the_kd_transform_pickles_as_its_folder_and_resolves_the_same_after(tmp_path):
+    # datasets fingerprints a transform by pickling it: with the texts inside, each training run pickled the study's
+    # 3.7 GB of documents (and warned that it could not hash them). A data-loader worker started by spawn unpickles it.
+    import pickle
+
+    folder = tmp_path / "kd"
+    shutil.copytree(KD, folder)
+    dataset = load_kd_dataset(folder, n_ways=3)
+    transform = dataset.format["format_kwargs"]["transform"]
+    pickled = pickle.dumps(transform)
+    texts = pq.read_table(folder / "documents.parquet")["text"].to_pylist()
+    assert not any(text.encode() in pickled for text in texts)
+    ids = dataset.with_format(None)[:4]
+    assert pickle.loads(pickled)(dict(ids)) == transform(dict(ids)) == dataset[:4]
+    assert pickle.dumps(load_kd_dataset(folder, n_ways=3).format["format_kwargs"]["transform"]) == pickled
+    os.utime(folder / "documents.parquet", ns=(0, 0))  # the same folder with other documents: another fingerprint
+    assert pickle.dumps(load_kd_dataset(folder, n_ways=3).format["format_kwargs"]["transform"]) != pickled
+
+
 @pytest.mark.slow
 def test_a_kd_set_with_more_than_2_gib_of_document_text_loads(tmp_path):
     # The study's documents hold about 3 GB of text: more than one string array's 32-bit offsets address, which

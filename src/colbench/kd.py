@@ -370,9 +370,46 @@ def _read_table(folder: Path, name: str):
     # which at the study's size fails (3 GB of document text overflow a string array's offsets;
     # bench/prepare_cpu.py found it). Nothing is cached under this fingerprint (the texts are joined per batch
     # by a transform, never by `map`), so the file's identity is enough.
+    return Dataset(pq.read_table(path), fingerprint=hashlib.sha256(_file_identity(path).encode()).hexdigest()[:32])
+
+
+def _file_identity(path: Path) -> str:
     stat = path.stat()
-    identity = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-    return Dataset(pq.read_table(path), fingerprint=hashlib.sha256(identity.encode()).hexdigest()[:32])
+    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+class KDTexts:
+    """The train stage's transform: query and document ids to texts, by `sentence_transformers.util.resolve_ids`
+    over a prepared folder's queries and documents, first ``n_ways`` candidates kept.
+
+    Why a class around it: `Dataset.set_transform` fingerprints a transform by pickling it, and resolve_ids' transform
+    holds the lookup tables, so every training run pickled the study's 3.7 GB of document text (about 2.5 s per million
+    documents, then a "couldn't be hashed properly" warning at 8.8 million). This one pickles as its folder, the
+    files' identity and ``n_ways``: the fingerprint is then free and names the data, and a process that unpickles it
+    (a data-loader worker started by spawn) reads the lookups from the folder instead of receiving them.
+    """
+
+    def __init__(self, folder: str | Path, n_ways: int, identity: tuple[str, ...] | None = None, *,
+                 queries=None, documents=None):
+        self.folder, self.n_ways = Path(folder), int(n_ways)
+        self.identity = identity or tuple(_file_identity(self.folder / name) for name in KD_FILES[1:])
+        self._resolve = None if queries is None else self._resolver(queries, documents)
+
+    def _resolver(self, queries, documents):
+        from sentence_transformers.util import resolve_ids
+
+        return resolve_ids({"query_id": queries.select_columns(["query_id", "text"]),
+                            "document_ids": documents.select_columns(["document_id", "text"])},
+                           keep_columns=["scores"], max_list_length=self.n_ways)
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        if self._resolve is None:
+            self._resolve = self._resolver(_read_table(self.folder, "queries.parquet"),
+                                           _read_table(self.folder, "documents.parquet"))
+        return self._resolve(batch)
+
+    def __reduce__(self):
+        return type(self), (str(self.folder), self.n_ways, self.identity)
 
 
 def load_kd_dataset(folder: str | Path, *, n_ways: int, max_samples: int | None = None):
@@ -390,8 +427,6 @@ def load_kd_dataset(folder: str | Path, *, n_ways: int, max_samples: int | None 
     as stored, scores truncated alike; ``scores`` is the label column the collator and
     `MultiVectorDistillKLDivLoss` expect (query first, then the documents, positionally).
     """
-    from sentence_transformers.util import resolve_ids
-
     folder = Path(folder)
     train = _read_table(folder, "train.parquet")
     queries = _read_table(folder, "queries.parquet")
@@ -401,11 +436,7 @@ def load_kd_dataset(folder: str | Path, *, n_ways: int, max_samples: int | None 
     tables = {"train": train.with_format("arrow")[:], "queries": queries.data.table, "documents": documents.data.table}
     check_kd(tables, n_ways_min=n_ways, where=f"prepared KD folder {folder} (rerun prepare if it was edited)")
     train = train.select_columns(["query_id", "document_ids", "scores"])
-    queries = queries.select_columns(["query_id", "text"])
-    documents = documents.select_columns(["document_id", "text"])
-    train.set_transform(
-        resolve_ids({"query_id": queries, "document_ids": documents}, keep_columns=["scores"], max_list_length=n_ways)
-    )
+    train.set_transform(KDTexts(folder, n_ways, queries=queries, documents=documents))
     return train
 
 
