@@ -119,6 +119,8 @@ def test_the_kd_transform_pickles_as_its_folder_and_resolves_the_same_after(tmp_
     assert pickle.dumps(load_kd_dataset(folder, n_ways=3).format["format_kwargs"]["transform"]) == pickled
     os.utime(folder / "documents.parquet", ns=(0, 0))  # the same folder with other documents: another fingerprint
     assert pickle.dumps(load_kd_dataset(folder, n_ways=3).format["format_kwargs"]["transform"]) != pickled
+    with pytest.raises(InputError, match="changed while training read it"):  # a worker started before that
+        pickle.loads(pickled)(dict(ids))
 
 
 @pytest.mark.slow

@@ -386,13 +386,14 @@ class KDTexts:
     holds the lookup tables, so every training run pickled the study's 3.7 GB of document text (about 2.5 s per million
     documents, then a "couldn't be hashed properly" warning at 8.8 million). This one pickles as its folder, the
     files' identity and ``n_ways``: the fingerprint is then free and names the data, and a process that unpickles it
-    (a data-loader worker started by spawn) reads the lookups from the folder instead of receiving them.
+    (a data-loader worker started by spawn) reads the lookups from the folder instead of receiving them, and refuses
+    a folder prepared again since.
     """
 
     def __init__(self, folder: str | Path, n_ways: int, identity: tuple[str, ...] | None = None, *,
                  queries=None, documents=None):
         self.folder, self.n_ways = Path(folder), int(n_ways)
-        self.identity = identity or tuple(_file_identity(self.folder / name) for name in KD_FILES[1:])
+        self.identity = identity or self._identity()
         self._resolve = None if queries is None else self._resolver(queries, documents)
 
     def _resolver(self, queries, documents):
@@ -404,9 +405,18 @@ class KDTexts:
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         if self._resolve is None:
+            if self._identity() != self.identity:  # prepared again since: the ids would meet other texts
+                raise InputError(f"prepared KD folder {self.folder} changed while training read it (queries or "
+                                 "documents rewritten); let the prepare stage finish, then rerun the train stage")
             self._resolve = self._resolver(_read_table(self.folder, "queries.parquet"),
                                            _read_table(self.folder, "documents.parquet"))
         return self._resolve(batch)
+
+    def _identity(self) -> tuple[str, ...]:
+        try:
+            return tuple(_file_identity(self.folder / name) for name in KD_FILES[1:])  # queries, documents
+        except FileNotFoundError:
+            return ()
 
     def __reduce__(self):
         return type(self), (str(self.folder), self.n_ways, self.identity)
