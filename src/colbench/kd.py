@@ -383,8 +383,8 @@ class KDTexts:
     over a prepared folder's queries and documents, first ``n_ways`` candidates kept.
 
     Why a class around it: `Dataset.set_transform` fingerprints a transform by pickling it, and resolve_ids' transform
-    holds the lookup tables, so every training run pickled the study's 3.7 GB of document text (about 2.5 s per million
-    documents, then a "couldn't be hashed properly" warning at 8.8 million). This one pickles as its folder, the
+    holds the lookup tables, so every training run pickled the prepared document text (at the study's size 16 s of the
+    88 that loading took, then a "couldn't be hashed properly" warning). This one pickles as its folder, the
     files' identity and ``n_ways``: the fingerprint is then free and names the data, and a process that unpickles it
     (a data-loader worker started by spawn) reads the lookups from the folder instead of receiving them, and refuses
     a folder prepared again since.
