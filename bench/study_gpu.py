@@ -61,6 +61,7 @@ the token search run on the CPU cores (16 on the H200 machine), as in the pipeli
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import json
@@ -321,7 +322,10 @@ def held_out_evaluations(params, sets: dict, fixed: float) -> dict | None:
     ev = params.train.eval
     if ev.dataset is None or (ev.dataset != "nanobeir" and ev.dataset not in sets):
         return None
-    with tempfile.TemporaryDirectory() as scratch:  # the trainer's own arithmetic, as the train stage plans its run
+    # The trainer's own arithmetic, as the train stage plans its run. Its arguments switch TF32 on for the whole
+    # process on a GPU (tf32: auto): the stages timed after this one would run their float32 MaxSim in TF32, unlike
+    # the pipeline's retrieve stage (a process of its own).
+    with tempfile.TemporaryDirectory() as scratch, float32_precision_kept():
         args = training_arguments(dataclasses.asdict(params.train.args), output_dir=scratch, seed=params.train.seed,
                                   micro_batch=params.train.micro_batch)
         steps = planned_steps(args, STUDY_QUERIES)
@@ -336,6 +340,21 @@ def held_out_evaluations(params, sets: dict, fixed: float) -> dict | None:
             "projected_s": evaluations * once,
             "method": f"{'FiQA' if ev.dataset == 'nanobeir' else ev.dataset}'s encoding time per document and per query "
                       "x the set's; MaxSim left out", "in_total": True}
+
+
+@contextlib.contextmanager
+def float32_precision_kept():
+    """torch's float32 precision as it was before the block: transformers sets the process-wide
+    ``torch.backends.fp32_precision`` (torch >= 2.9), `colbench.train` the matmul precision."""
+    import torch
+
+    backends, matmul = getattr(torch.backends, "fp32_precision", None), torch.get_float32_matmul_precision()
+    try:
+        yield
+    finally:
+        if backends is not None:
+            torch.backends.fp32_precision = backends
+        torch.set_float32_matmul_precision(matmul)
 
 
 def add_cpu_stages(result: dict, prepare_json: Path) -> None:

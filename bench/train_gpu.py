@@ -713,7 +713,7 @@ def main(argv: list[str] | None = None) -> int:
             "run_id": options.run_id,
             "complete": complete,
             "configs_planned": len(configs),
-            # The children name the device and choose the MFU peak by its name (the parent opens no CUDA context).
+            # The children name the device and choose the MFU peak by its name (each measures its own memory).
             "device": ok[0]["device_name"] if ok else "cpu (smoke: numbers mean nothing)" if not cuda else "cuda (no configuration finished)",
             "model_size": options.model_size,
             "architecture": "ModernBERT (random init, offline config)",

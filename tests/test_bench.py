@@ -90,6 +90,30 @@ def test_the_prepare_benchmark_runs_the_prepare_and_train_stages_at_smoke_size(t
     assert [s["projected_s"] for s in projection["stages"]] == [warm["wall_s"], train["wall_s"]]
 
 
+def test_planning_the_held_out_evaluations_leaves_float32_matmuls_in_full_precision(study_gpu, monkeypatch):
+    # On an Ampere or newer GPU (tf32: auto) the trainer's arguments, which plan the held-out evaluations, switch
+    # TF32 on for the whole process; the retrieval study_gpu.py times after them must keep the pipeline's float32.
+    # Stood in for on the CPU: transformers told that TF32 is available, the precision resolved to TF32.
+    import torch
+    import transformers.training_args
+
+    from colbench import train
+    from colbench.config import load_params
+
+    monkeypatch.setattr(transformers.training_args, "is_torch_tf32_available", lambda: True)
+    monkeypatch.setattr(train, "resolve_precision", lambda bf16, tf32: (False, True))
+    fiqa = {"documents": 57_638, "queries": 648, "measured_documents": 1_000, "measured_queries": 100,
+            "documents_s": 11.0, "queries_s": 2.0}
+    backends, matmul = torch.backends.fp32_precision, torch.get_float32_matmul_precision()
+    try:
+        study_gpu.held_out_evaluations(load_params(REPO / "params.yaml"), {"fiqa": fiqa}, 1.0)
+        precision = (torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.fp32_precision,
+                     torch.backends.mkldnn.matmul.fp32_precision)
+    finally:  # whatever happened, the next test in this process starts from torch's defaults
+        torch.backends.fp32_precision = backends
+        torch.set_float32_matmul_precision(matmul)
+    assert precision[0] == "highest" and "tf32" not in precision, precision
+
 def test_the_study_total_counts_held_out_evaluations_and_cpu_stages_once_and_training_apart(tmp_path, study_gpu):
     from colbench.config import load_params
 

@@ -56,9 +56,23 @@ def test_packing_another_architecture_is_refused():
 
 
 def test_a_gpu_without_the_variable_length_kernel_is_warned_of(monkeypatch):
-    # torch < 2.9 on a GPU: packing still computes the same embeddings, but pads inside the attention.
+    # torch < 2.11 on a GPU: packing still computes the same embeddings, but pads inside the attention.
     model = build_colbert(str(FIXTURES / "modernbert" / "base"), **STUDY_MODEL, seed=1)
     monkeypatch.setattr(packing, "_varlen", lambda: None)
     monkeypatch.setattr(packing.torch.cuda, "is_available", lambda: True)
-    with pytest.warns(UserWarning, match=r"no variable-length attention .* Install torch >= 2.9"):
+    with pytest.warns(UserWarning, match=r"no variable-length attention with a local window .* Install torch >= 2.11"):
         packing.pack_documents(model)
+
+
+def test_the_variable_length_kernel_is_used_only_with_a_local_window(monkeypatch):
+    # torch 2.9 and 2.10 have the kernel without ModernBERT's local window: it would fail on the GPU's first document
+    # batch, so the attention pads there instead. This torch's kernel takes the window.
+    import torch.nn.attention.varlen as varlen
+
+    assert packing._varlen() is varlen.varlen_attn
+
+    def varlen_attn_2_10(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None):
+        raise AssertionError("not to be called")
+
+    monkeypatch.setattr(varlen, "varlen_attn", varlen_attn_2_10)
+    assert packing._varlen() is None

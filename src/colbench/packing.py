@@ -19,6 +19,7 @@ embeds its document columns).
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import torch
@@ -39,9 +40,10 @@ def pack_documents(model) -> None:
         raise InputError(f"train.pack_documents: packing is written for ModernBERT, not {encoder.config.model_type!r} "
                          "(its positions and local attention); set it to false")
     if torch.cuda.is_available() and _varlen() is None:
-        warnings.warn(f"train.pack_documents: torch {torch.__version__} has no variable-length attention "
-                      "(torch.nn.attention.varlen, torch >= 2.9): on the GPU the packed attention pads each batch, "
-                      "and packing saves little. Install torch >= 2.9 for the unpadded kernel.", stacklevel=2)
+        warnings.warn(f"train.pack_documents: torch {torch.__version__} has no variable-length attention with a "
+                      "local window (torch.nn.attention.varlen's window_size, torch >= 2.11): on the GPU the packed "
+                      "attention pads each batch, and packing saves little. Install torch >= 2.11 for the unpadded "
+                      "kernel.", stacklevel=2)
     _register()
     encoder.config._attn_implementation = ATTENTION
     packer = _Packer()
@@ -149,7 +151,9 @@ def _varlen():
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:  # torch < 2.9
         return None
-    return varlen_attn
+    # torch 2.9 and 2.10 have the kernel without the local window of ModernBERT's local layers (torch 2.9: nor a scale).
+    parameters = inspect.signature(varlen_attn).parameters
+    return varlen_attn if {"window_size", "scale"} <= parameters.keys() else None
 
 
 def _register() -> None:
