@@ -64,6 +64,23 @@ def test_costs_table_reads_measure_records_in_stage_order(tmp_path):
         report.costs_table(costs)
 
 
+def test_a_cost_record_counts_the_memory_of_the_processes_a_stage_ran(tmp_path):
+    # Under train.distributed: ddp the train stage's notebook only waits for torchrun's training processes: its own
+    # memory is not the training's. Here the measured block waits for a child that holds 1,000 MiB.
+    import json
+    import subprocess
+    import sys
+
+    script = f"""
+import subprocess, sys
+from colbench.costs import measure
+with measure("train", {str(tmp_path / "train.json")!r}, unit="queries"):
+    subprocess.run([sys.executable, "-c", "block = bytearray(1000 * 2**20); block[::4096] = b'x' * len(block[::4096])"],
+                   check=True)
+"""
+    subprocess.run([sys.executable, "-c", script], check=True)
+    assert json.loads((tmp_path / "train.json").read_text())["peak_rss_mb"] > 1000
+
 def test_training_gain_compares_the_held_out_evaluation_with_itself():
     # The gain is the held-out evaluator's end against its step 0 (the same protocol); the evaluate stage's score,
     # with retrieve.mode and the stored dtype, is shown beside it and never subtracted.

@@ -254,11 +254,53 @@ def test_tf32_without_a_gpu_is_refused():
         resolve_precision(bf16, tf32)
 
 
+def test_auto_precision_takes_bf16_only_where_the_gpu_computes_it(monkeypatch):
+    # A V100 or T4: torch counts its emulated bf16 as supported, and it is slower there than fp32.
+    from colbench import encode
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *_: (7, 0))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert resolve_precision("auto", "auto") == (False, None)
+    assert not encode._bf16_supported(torch.device("cuda"))
+
 def test_training_arguments_translate_the_study_settings(tmp_path):
     args = training_arguments(tiny_config(tmp_path)["args"], output_dir=tmp_path, seed=3)
     assert args.warmup_steps == 0.1  # transformers 5 takes the ratio here
     assert (args.seed, args.data_seed, args.save_steps, args.bf16) == (3, 3, 2, False)
 
+
+def test_one_process_that_sees_several_gpus_trains_the_studys_steps_on_one(tmp_path, monkeypatch):
+    # Several GPUs and train.distributed: none. transformers' Trainer would wrap the model in nn.DataParallel:
+    # micro-batches n_gpu times larger, so half the optimizer steps of twice the queries (and on the GPUs a failure at
+    # the first step: the multi-vector model's outputs cannot be gathered). Stood in for on the CPU: two GPUs counted,
+    # none available (DataParallel then calls the model as it is: the step count shows it).
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.warns(UserWarning, match=r"2 GPUs are visible and train.distributed is none: training uses one"):
+        train(**tiny_config(tmp_path, max_steps=-1, num_train_epochs=1, use_cpu=False))
+    steps = [r["step"] for r in read_json(tmp_path / "train_log.json")["records"] if "loss" in r]
+    assert steps == [1, 2, 3, 4]  # 16 queries, 2 x 2 per step
+
+def test_ddp_with_more_processes_than_gpus_is_refused_before_starting_them(tmp_path, monkeypatch):
+    from colbench.train import run_training
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(InputError, match=r"train.num_processes is 4 but 2 GPU\(s\) are visible: set it to at most 2"):
+        run_training(distributed="ddp", num_processes=4, **tiny_config(tmp_path))
+
+
+def test_a_run_is_not_resumed_in_another_precision(tmp_path, monkeypatch):
+    # bf16/tf32 "auto" resolve per machine: checkpoints of a GPU run in bf16 are not resumed by a run in fp32.
+    from colbench import train as training
+
+    digests = []
+    for bf16 in (True, False):
+        monkeypatch.setattr(training, "resolve_precision", lambda *_, bf16=bf16: (bf16, None))
+        settings = tiny_config(tmp_path)
+        settings.pop("output_dir")
+        digests.append(training.build_trainer(**settings)[1]["digest"])
+    assert digests[0] != digests[1]
 
 def test_tf32_turned_on_by_transformers_leaves_the_flags_torch_compile_reads_readable():
     # On a GPU, tf32=True makes transformers set torch's new fp32_precision API; torch.compile then reads the legacy

@@ -129,7 +129,7 @@ def check_free_disk(model, texts: list[str], out_dir: str | Path, *, is_query: b
 
 def _bf16_supported(device: torch.device) -> bool:
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)  # emulated (V100, T4): slower than fp32
     if device.type == "cpu":
         # Without AVX512-BF16 or AMX, bf16 on CPU is emulated and slower than fp32.
         checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")

@@ -65,7 +65,8 @@ def resolve_precision(bf16: bool | str, tf32: bool | str) -> tuple[bool, bool | 
     ``None`` meaning "leave torch's default".
     """
     cuda = torch.cuda.is_available()
-    use_bf16 = (cuda and torch.cuda.is_bf16_supported()) if bf16 == "auto" else bool(bf16)
+    # Native bf16 only: torch also counts GPUs that emulate it (V100, T4), slower there than fp32.
+    use_bf16 = (cuda and torch.cuda.is_bf16_supported(including_emulation=False)) if bf16 == "auto" else bool(bf16)
     if tf32 == "auto":
         use_tf32: bool | None = True if cuda and torch.cuda.get_device_capability()[0] >= 8 else None
     elif tf32 and not cuda:
@@ -146,6 +147,15 @@ def training_arguments(
         logging_strategy="steps",
     )
     keep_legacy_tf32_flags_readable()
+    if training_args.n_gpu > 1:
+        # One process seeing several GPUs: the trainer would wrap the model in nn.DataParallel, which makes each
+        # micro-batch n_gpu times larger (no longer the study's step of 16 queries), runs without bf16 autocast,
+        # and cannot gather the multi-vector model's outputs (they hold ints and strings): the first step fails.
+        warnings.warn(f"{training_args.n_gpu} GPUs are visible and train.distributed is none: training uses one "
+                      f"({training_args.device}), as the study did. To train on all of them, set train.distributed: "
+                      f"ddp and train.num_processes: {training_args.n_gpu} (the optimizer step stays the same number "
+                      "of queries).", stacklevel=2)
+        training_args._n_gpu = 1  # as transformers' Trainer does for a model parallel across GPUs
     return training_args
 
 
@@ -345,6 +355,8 @@ def build_trainer(
         "loss": loss_kwargs,
         "args": {k: v for k, v in args.items() if k not in RESUME_NEUTRAL_KEYS},
         "attn_implementation": attn_implementation,  # numerics: the same steps, other rounding
+        # bf16/tf32 "auto" as resolved on this machine: a run is not resumed in another precision.
+        "precision": {"bf16": training_args.bf16, "tf32": training_args.tf32},
         "document_chunk": document_chunk,
         "pack_documents": pack_documents,
         "canary": canary,
@@ -524,6 +536,10 @@ def run_training(*, distributed: str = "none", num_processes: int = 1, evaluator
         import sys
         import tempfile
 
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if 0 < gpus < num_processes:  # before torchrun starts them all, each loading the data, to fail on one
+            raise InputError(f"train.num_processes is {num_processes} but {gpus} GPU(s) are visible: set it to at "
+                             f"most {gpus} (one process per GPU), or make more GPUs visible (CUDA_VISIBLE_DEVICES)")
         config = {key: str(value) if isinstance(value, Path) else value for key, value in train_kwargs.items()}
         config.update(evaluator_factory="colbench.heldout:make_evaluator", evaluator_kwargs=evaluator_kwargs)
         with tempfile.TemporaryDirectory(prefix="colbench-ddp-") as tmp:
