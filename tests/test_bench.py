@@ -114,6 +114,7 @@ def test_planning_the_held_out_evaluations_leaves_float32_matmuls_in_full_precis
         torch.set_float32_matmul_precision(matmul)
     assert precision[0] == "highest" and "tf32" not in precision, precision
 
+
 def test_the_study_total_counts_held_out_evaluations_and_cpu_stages_once_and_training_apart(tmp_path, study_gpu):
     from colbench.config import load_params
 

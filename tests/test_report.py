@@ -81,6 +81,7 @@ with measure("train", {str(tmp_path / "train.json")!r}, unit="queries"):
     subprocess.run([sys.executable, "-c", script], check=True)
     assert json.loads((tmp_path / "train.json").read_text())["peak_rss_mb"] > 1000
 
+
 def test_training_gain_compares_the_held_out_evaluation_with_itself():
     # The gain is the held-out evaluator's end against its step 0 (the same protocol); the evaluate stage's score,
     # with retrieve.mode and the stored dtype, is shown beside it and never subtracted.

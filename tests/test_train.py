@@ -264,6 +264,7 @@ def test_auto_precision_takes_bf16_only_where_the_gpu_computes_it(monkeypatch):
     assert resolve_precision("auto", "auto") == (False, None)
     assert not encode._bf16_supported(torch.device("cuda"))
 
+
 def test_training_arguments_translate_the_study_settings(tmp_path):
     args = training_arguments(tiny_config(tmp_path)["args"], output_dir=tmp_path, seed=3)
     assert args.warmup_steps == 0.1  # transformers 5 takes the ratio here
@@ -280,6 +281,7 @@ def test_one_process_that_sees_several_gpus_trains_the_studys_steps_on_one(tmp_p
         train(**tiny_config(tmp_path, max_steps=-1, num_train_epochs=1, use_cpu=False))
     steps = [r["step"] for r in read_json(tmp_path / "train_log.json")["records"] if "loss" in r]
     assert steps == [1, 2, 3, 4]  # 16 queries, 2 x 2 per step
+
 
 def test_ddp_with_more_processes_than_gpus_is_refused_before_starting_them(tmp_path, monkeypatch):
     from colbench.train import run_training
@@ -301,6 +303,7 @@ def test_a_run_is_not_resumed_in_another_precision(tmp_path, monkeypatch):
         settings.pop("output_dir")
         digests.append(training.build_trainer(**settings)[1]["digest"])
     assert digests[0] != digests[1]
+
 
 def test_tf32_turned_on_by_transformers_leaves_the_flags_torch_compile_reads_readable():
     # On a GPU, tf32=True makes transformers set torch's new fp32_precision API; torch.compile then reads the legacy
