@@ -42,9 +42,24 @@ def demo_build(request, tmp_path_factory):
     shared = tmp_path_factory.getbasetemp()
     build = DemoBuild((shared.parent if os.environ.get("PYTEST_XDIST_WORKER") else shared) / "demo-build")
     build.start()
+    yield_the_cpu_to_the_build()
     yield build
     session = request.session
     build.stop(wait=not (session.shouldfail or session.shouldstop or session.exitstatus == pytest.ExitCode.INTERRUPTED))
+
+
+def yield_the_cpu_to_the_build() -> None:
+    """The journeys wait for `make demo` and the tests beside it do not, so on CI's two cores the build goes first:
+    the build, already started, keeps its priority and this process lowers its own. Where Linux shares the CPU
+    between sessions first (autogroup), the build and the notebook kernels run in sessions of their own, and only a
+    lower priority for this run's session helps. That is done only where the session is this run's own (its
+    process group leads it: `.ci/run`), never in a terminal's, where it would outlast the run."""
+    os.nice(10)
+    if os.getpgid(0) == os.getsid(0):
+        try:
+            Path("/proc/self/autogroup").write_text("10")
+        except OSError:  # not Linux, or a kernel without autogroup
+            pass
 
 
 @pytest.fixture(autouse=True)
