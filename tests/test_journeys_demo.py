@@ -157,6 +157,9 @@ def test_make_demo_writes_the_report_and_training_helps(demo):
     assert 100 * demo["metrics"]["pydocs"]["ndcg@10"] == pytest.approx(reference, abs=1.0), demo["metrics"]
     index = (reports / "README.md").read_text()
     assert "**reproduced**: the demo reference value 61.62 lies inside the interval" in index, index[:2000]
+    trained_on = read(repo / "demo/models/colbert/colbench_train.json")["provenance"]  # the train stage's machine
+    assert (f"for 25 steps on {trained_on['hardware']['cpu_affinity']} CPU cores (1 process, fp32, torch "
+            f"{trained_on['packages']['torch']})") in index, index[:500]
     print(f"make demo: {demo['seconds']:.0f} s")
 
 

@@ -215,6 +215,18 @@ def test_a_baseline_folder_that_does_not_exist_is_refused_not_skipped(tmp_path, 
         assert report.per_query_against_baseline(params, "fiqa") is None
 
 
+def test_the_report_says_where_the_model_was_trained():
+    # The report stage may run on a laptop that reads a GPU box's checkpoint: the machine named is the training's.
+    model = {"base_model": "answerdotai/ModernBERT-base", "global_step": 50546, "parameter_sha256": "ab" * 32,
+             "trained_on": {"hardware": {"gpu": "NVIDIA H200", "gpu_count": 8, "cpu_count": 16},
+                            "torch": "2.11.0", "processes": 2, "precision": {"bf16": True, "tf32": True}}}
+    (what, _) = report.run_description({"model": model})
+    assert what == ("**Evaluated model**: trained here from `answerdotai/ModernBERT-base` for 50546 steps on NVIDIA "
+                    "H200 (2 processes, bf16 + tf32, torch 2.11.0) (parameters sha256 `abababababababab`).")
+    del model["trained_on"]  # a provenance.json written before the training machine was recorded
+    assert "50546 steps (parameters" in report.run_description({"model": model})[0]
+
+
 def test_the_report_says_which_commit_the_experiments_ran_on():
     ablations = pd.DataFrame({"experiment": ["main", "lr-half"], "role": ["baseline", "experiment"],
                               "rev": ["8cdfddccfd67e9cc", "a1b2c3"], "timestamp": ["2026-11-30T05:05:16", None]})

@@ -180,5 +180,13 @@ def run_provenance(params) -> dict[str, Any]:
         "model": ({"checkpoint": pointer["checkpoint"], "revision": pointer.get("revision")} if pointer.get("checkpoint")
                   else {"base_model": model.get("base_model"), "init_checkpoint": model.get("init_checkpoint"),
                         "revision": model.get("model_revision"), "parameter_sha256": model.get("parameter_sha256"),
-                        "global_step": model.get("global_step")}),
+                        "global_step": model.get("global_step"), "trained_on": _trained_on(model)}),
     }
+
+
+def _trained_on(train_record: dict[str, Any]) -> dict[str, Any]:
+    """Where the model was trained, from its ``colbench_train.json``: the report stage may run on another machine
+    (the laptop that reads a GPU box's checkpoint), whose hardware is the record's ``hardware``."""
+    recorded = train_record.get("provenance") or {}
+    return {"hardware": recorded.get("hardware"), "torch": (recorded.get("packages") or {}).get("torch"),
+            "processes": train_record.get("world_size"), "precision": train_record.get("resolved_precision")}

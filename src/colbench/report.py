@@ -290,8 +290,8 @@ def run_description(provenance: Mapping[str, Any]) -> list[str]:
     else:
         start = (f"further from the checkpoint `{model['init_checkpoint']}`{at}" if model.get("init_checkpoint")
                  else f"from `{model.get('base_model')}`{at}")
-        what = (f"**Evaluated model**: trained here {start} for {model.get('global_step')} steps (parameters sha256 "
-                f"`{str(model.get('parameter_sha256'))[:16]}`).")
+        what = (f"**Evaluated model**: trained here {start} for {model.get('global_step')} steps"
+                f"{_machine(model.get('trained_on'))} (parameters sha256 `{str(model.get('parameter_sha256'))[:16]}`).")
     seeds = provenance.get("seed") or {}
     git = provenance.get("git") or {}
     return [what, f"Seeds: base {seeds.get('base')}, training {seeds.get('train')}; code revision "
@@ -299,6 +299,23 @@ def run_description(provenance: Mapping[str, Any]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------- helpers
+
+
+def _machine(trained_on: Mapping[str, Any] | None) -> str:
+    """Where training ran, from the provenance's record, e.g. ' on NVIDIA H200 (1 process, bf16 + tf32, torch 2.11.0)';
+    one GPU per training process."""
+    hardware = (trained_on or {}).get("hardware")
+    if not hardware:  # a model trained before the record was kept
+        return ""
+    processes = trained_on.get("processes") or 1
+    if hardware.get("gpu"):
+        where = hardware["gpu"]
+    else:
+        where = f"{hardware.get('cpu_affinity') or hardware.get('cpu_count')} CPU cores"
+    resolved = trained_on.get("precision") or {}
+    precision = ("bf16" if resolved.get("bf16") else "fp32") + (" + tf32" if resolved.get("tf32") else "")
+    torch_version = f", torch {trained_on['torch']}" if trained_on.get("torch") else ""
+    return f" on {where} ({processes} process{'es' if processes > 1 else ''}, {precision}{torch_version})"
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
