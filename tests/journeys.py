@@ -64,8 +64,8 @@ class DemoBuild:
 
     TIMEOUT = 3600
 
-    def __init__(self, folder: Path):
-        self.folder, self.repo, self.process = folder, folder / "clone", None
+    def __init__(self, folder: Path, command: str = "make demo"):
+        self.folder, self.repo, self.process, self.command = folder, folder / "clone", None, command
         self.started, self.log, self.result = folder / "started", folder / "make-demo.log", folder / "make-demo.json"
 
     def start(self) -> None:
@@ -77,10 +77,15 @@ class DemoBuild:
         try:
             self.repo.mkdir()
             clone_of_this_tree(self.repo)
+            # The build ends with the test run, however the run ends: a watcher kills it (its process group) when the
+            # run's first process is gone. After a Ctrl-C or a CI runner's SIGTERM, pytest-xdist's controller kills
+            # its workers 10 s later, whatever teardown (`stop`) they are in.
+            run_pid = os.getppid() if os.environ.get("PYTEST_XDIST_WORKER") else os.getpid()
+            watcher = f"(while kill -0 {run_pid} 2> /dev/null; do sleep 1; done; kill -KILL 0) & watcher=$!; "
             # The shell writes make's exit status and duration when make ends, for whichever process waits.
-            script = (f'SECONDS=0; {as_typed("make demo")} > "{self.log}" 2>&1; '
+            script = (f'{watcher}SECONDS=0; {as_typed(self.command)} > "{self.log}" 2>&1; '
                       f'echo "{{\\"returncode\\": $?, \\"seconds\\": $SECONDS}}" > "{self.result}.tmp" && '
-                      f'mv "{self.result}.tmp" "{self.result}"')
+                      f'mv "{self.result}.tmp" "{self.result}"; kill $watcher')
             # A session of its own, so that `stop` ends make and all it started.
             self.process = subprocess.Popen(["bash", "-c", script], cwd=self.repo, env=environment(self.repo),
                                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -25,3 +25,77 @@ def test_the_tests_lower_their_sessions_priority_only_in_a_session_of_their_own(
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[-1] == session_nice, done.stdout  # "/autogroup-<n> nice <value>"
+
+
+# `make` for `.ci/run`: says which session it runs in, then waits as the tests would, until Ctrl-C (SIGINT).
+STAND_IN_MAKE = """#!/bin/sh
+trap 'kill $!; echo "$*" > interrupted; exit 130' INT
+echo $$ > started
+[ -n "$EXIT_AT_ONCE" ] && exit "$EXIT_AT_ONCE"
+sleep 120 & wait $!
+"""
+
+
+def start_ci_run(tmp_path, **env):
+    repo, bin_dir = tmp_path / "clone", tmp_path / "bin"
+    (repo / ".ci").mkdir(parents=True)
+    shutil.copy(TESTS.parent / ".ci" / "run", repo / ".ci" / "run")
+    bin_dir.mkdir()
+    (bin_dir / "make").write_text(STAND_IN_MAKE)
+    (bin_dir / "make").chmod(0o755)
+    environment = {"PATH": f"{bin_dir}:/usr/bin:/bin", **env}
+    # As a CI runner starts it: a process group of its own, which the runner signals at its time limit.
+    return repo, subprocess.Popen(["bash", str(repo / ".ci" / "run")], cwd=tmp_path, env=environment,
+                                  start_new_session=True)
+
+
+@pytest.mark.skipif(not shutil.which("setsid"), reason="no setsid: .ci/run runs make test in place")
+def test_ci_run_stops_the_tests_when_its_runner_stops_it(tmp_path):
+    import os
+    import signal
+    import time
+
+    repo, ci_run = start_ci_run(tmp_path)
+    started = repo / "started"
+    deadline = time.monotonic() + 60
+    while not started.exists() or not started.read_text().strip():
+        assert time.monotonic() < deadline and ci_run.poll() is None, "the stand-in make test never started"
+        time.sleep(0.05)
+    tests = int(started.read_text())
+    assert os.getsid(tests) == tests != os.getsid(ci_run.pid)  # `make test` leads a session of its own
+
+    os.killpg(ci_run.pid, signal.SIGTERM)  # the runner's time limit: its job's process group, not the tests'
+    assert ci_run.wait(timeout=60) == 130  # the tests' own exit status, once they have ended
+    assert (repo / "interrupted").read_text().split() == ["test"]  # stopped as by Ctrl-C: their teardown ran
+
+
+@pytest.mark.parametrize("status", ["0", "3"])
+def test_ci_run_exits_with_the_tests_status(tmp_path, status):
+    _, ci_run = start_ci_run(tmp_path, EXIT_AT_ONCE=status)
+    assert ci_run.wait(timeout=60) == int(status)
+
+
+def test_the_demo_build_ends_with_the_test_run_however_it_ends(tmp_path):
+    # After a Ctrl-C or a runner's time limit, pytest-xdist's controller kills the worker that started `make demo`
+    # before its teardown (`DemoBuild.stop`) can end the build; killed too, the build would not hold the CPU on.
+    import os
+    import signal
+    import time
+
+    test_run = subprocess.Popen(
+        [sys.executable, "-c", f"import pathlib, sys, time; sys.path.insert(0, {str(TESTS)!r}); import journeys; "
+                               f"build = journeys.DemoBuild(pathlib.Path({str(tmp_path)!r}), command='sleep 300'); "
+                               "build.start(); print(build.process.pid, flush=True); time.sleep(300)"],
+        stdout=subprocess.PIPE, text=True)
+    build = int(test_run.stdout.readline())
+    assert os.getpgid(build) == build  # started: `sleep 300` in its process group
+    test_run.kill()
+    test_run.wait()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            os.killpg(build, 0)
+        except ProcessLookupError:
+            break  # no process of the build is left
+        assert time.monotonic() < deadline, "the demo build outlived the test run that started it"
+        time.sleep(0.2)
