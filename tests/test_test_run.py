@@ -1,8 +1,11 @@
 """The test run's own machinery (conftest.py): what it may change outside itself."""
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -51,10 +54,6 @@ def start_ci_run(tmp_path, **env):
 
 @pytest.mark.skipif(not shutil.which("setsid"), reason="no setsid: .ci/run runs make test in place")
 def test_ci_run_stops_the_tests_when_its_runner_stops_it(tmp_path):
-    import os
-    import signal
-    import time
-
     repo, ci_run = start_ci_run(tmp_path)
     started = repo / "started"
     deadline = time.monotonic() + 60
@@ -78,10 +77,6 @@ def test_ci_run_exits_with_the_tests_status(tmp_path, status):
 def test_the_demo_build_ends_with_the_test_run_however_it_ends(tmp_path):
     # After a Ctrl-C or a runner's time limit, pytest-xdist's controller kills the worker that started `make demo`
     # before its teardown (`DemoBuild.stop`) can end the build; killed too, the build would not hold the CPU on.
-    import os
-    import signal
-    import time
-
     test_run = subprocess.Popen(
         [sys.executable, "-c", f"import pathlib, sys, time; sys.path.insert(0, {str(TESTS)!r}); import journeys; "
                                f"build = journeys.DemoBuild(pathlib.Path({str(tmp_path)!r}), command='sleep 300'); "
