@@ -30,7 +30,7 @@ def test_the_tests_lower_their_sessions_priority_only_in_a_session_of_their_own(
     assert done.stdout.split()[-1] == session_nice, done.stdout  # "/autogroup-<n> nice <value>"
 
 
-# `make` for `.ci/run`: says which session it runs in, then waits as the tests would, until Ctrl-C (SIGINT).
+# `make` for `.ci/run`: writes its pid, then waits as the tests would, until Ctrl-C (SIGINT) or at once if told.
 STAND_IN_MAKE = """#!/bin/sh
 trap 'kill $!; echo "$*" > interrupted; exit 130' INT
 echo $$ > started
