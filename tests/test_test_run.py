@@ -39,7 +39,7 @@ sleep 120 & wait $!
 """
 
 
-def start_ci_run(tmp_path, **env):
+def start_ci_run(tmp_path, sigint=signal.SIG_DFL, **env):
     repo, bin_dir = tmp_path / "clone", tmp_path / "bin"
     (repo / ".ci").mkdir(parents=True)
     shutil.copy(TESTS.parent / ".ci" / "run", repo / ".ci" / "run")
@@ -47,14 +47,19 @@ def start_ci_run(tmp_path, **env):
     (bin_dir / "make").write_text(STAND_IN_MAKE)
     (bin_dir / "make").chmod(0o755)
     environment = {"PATH": f"{bin_dir}:/usr/bin:/bin", **env}
-    # As a CI runner starts it: a process group of its own, which the runner signals at its time limit.
+    # As a CI runner starts it: a process group of its own, which the runner signals at its time limit; Ctrl-C
+    # (SIGINT) as the runner left it (ignored by a job that a script started in the background).
     return repo, subprocess.Popen(["bash", str(repo / ".ci" / "run")], cwd=tmp_path, env=environment,
-                                  start_new_session=True)
+                                  start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
 
 
 @pytest.mark.skipif(not shutil.which("setsid"), reason="no setsid: .ci/run runs make test in place")
-def test_ci_run_stops_the_tests_when_its_runner_stops_it(tmp_path):
-    repo, ci_run = start_ci_run(tmp_path)
+@pytest.mark.parametrize(("sigint", "stopped_by"), [
+    (signal.SIG_DFL, "Ctrl-C"),  # pytest ends the run, its teardown included
+    (signal.SIG_IGN, "SIGTERM"),  # ignored since .ci/run started: 5 s later, the tests are terminated
+])
+def test_ci_run_stops_the_tests_when_its_runner_stops_it(tmp_path, sigint, stopped_by):
+    repo, ci_run = start_ci_run(tmp_path, sigint)
     started = repo / "started"
     deadline = time.monotonic() + 60
     while not started.exists() or not started.read_text().strip():
@@ -64,8 +69,13 @@ def test_ci_run_stops_the_tests_when_its_runner_stops_it(tmp_path):
     assert os.getsid(tests) == tests != os.getsid(ci_run.pid)  # `make test` leads a session of its own
 
     os.killpg(ci_run.pid, signal.SIGTERM)  # the runner's time limit: its job's process group, not the tests'
-    assert ci_run.wait(timeout=60) == 130  # the tests' own exit status, once they have ended
-    assert (repo / "interrupted").read_text().split() == ["test"]  # stopped as by Ctrl-C: their teardown ran
+    status = ci_run.wait(timeout=60)
+    assert process_group_ends(tests, within=10)  # nothing of the tests' session is left
+    if stopped_by == "Ctrl-C":
+        assert status == 130  # the tests' own exit status, once they have ended
+        assert (repo / "interrupted").read_text().split() == ["test"]  # their Ctrl-C handler ran
+    else:
+        assert status == 128 + signal.SIGTERM and not (repo / "interrupted").exists()
 
 
 @pytest.mark.parametrize("status", ["0", "3"])
@@ -81,16 +91,20 @@ def test_the_demo_build_ends_with_the_test_run_however_it_ends(tmp_path):
         [sys.executable, "-c", f"import pathlib, sys, time; sys.path.insert(0, {str(TESTS)!r}); import journeys; "
                                f"build = journeys.DemoBuild(pathlib.Path({str(tmp_path)!r}), command='sleep 300'); "
                                "build.start(); print(build.process.pid, flush=True); time.sleep(300)"],
-        stdout=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, text=True, env={k: v for k, v in os.environ.items() if k != "PYTEST_XDIST_WORKER"})
     build = int(test_run.stdout.readline())
     assert os.getpgid(build) == build  # started: `sleep 300` in its process group
     test_run.kill()
     test_run.wait()
-    deadline = time.monotonic() + 30
-    while True:
+    assert process_group_ends(build, within=30), "the demo build outlived the test run that started it"
+
+
+def process_group_ends(group: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
         try:
-            os.killpg(build, 0)
+            os.killpg(group, 0)
         except ProcessLookupError:
-            break  # no process of the build is left
-        assert time.monotonic() < deadline, "the demo build outlived the test run that started it"
-        time.sleep(0.2)
+            return True
+        time.sleep(0.1)
+    return False
