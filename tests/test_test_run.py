@@ -1,4 +1,4 @@
-"""The test run's own machinery (conftest.py): what it may change outside itself."""
+"""The test run's own machinery (conftest.py, journeys.py, .ci/run): what it changes outside itself, and how it ends."""
 
 import os
 import shutil
