@@ -35,17 +35,14 @@ def demo_build(request, tmp_path_factory):
     `DemoBuild`). Under pytest-xdist (`make test`: two processes) the run's processes share the parent of their
     temporary folders."""
     if not any(item.path.name == DEMO_JOURNEYS for item in request.session.items):
-        yield None
-        return
+        return None
     from journeys import DemoBuild
 
     shared = tmp_path_factory.getbasetemp()
     build = DemoBuild((shared.parent if os.environ.get("PYTEST_XDIST_WORKER") else shared) / "demo-build")
     build.start()
     yield_the_cpu_to_the_build()
-    yield build
-    session = request.session
-    build.stop(wait=not (session.shouldfail or session.shouldstop or session.exitstatus == pytest.ExitCode.INTERRUPTED))
+    return build  # it ends with the test run (DemoBuild.start)
 
 
 def yield_the_cpu_to_the_build() -> None:

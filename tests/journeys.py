@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -77,16 +76,17 @@ class DemoBuild:
         try:
             self.repo.mkdir()
             clone_of_this_tree(self.repo)
-            # The build ends with the test run, however the run ends: a watcher kills it (its process group) when the
-            # run's first process is gone. After a Ctrl-C or a CI runner's SIGTERM, pytest-xdist's controller kills
-            # its workers 10 s later, whatever teardown (`stop`) they are in.
+            # The build ends with the test run, however the run ends (to its end, Ctrl-C, -x, a CI runner's SIGTERM):
+            # a watcher kills it (its process group) when the run's first process is gone. Not the process that
+            # started it: the run's other process may still wait for the build; and after a Ctrl-C, pytest-xdist's
+            # controller kills its workers 10 s later, whatever teardown they are in.
             run_pid = os.getppid() if os.environ.get("PYTEST_XDIST_WORKER") else os.getpid()
             watcher = f"(while kill -0 {run_pid} 2> /dev/null; do sleep 1; done; kill -KILL 0) & watcher=$!; "
             # The shell writes make's exit status and duration when make ends, for whichever process waits.
             script = (f'{watcher}SECONDS=0; {as_typed(self.command)} > "{self.log}" 2>&1; '
                       f'echo "{{\\"returncode\\": $?, \\"seconds\\": $SECONDS}}" > "{self.result}.tmp" && '
                       f'mv "{self.result}.tmp" "{self.result}"; kill $watcher')
-            # A session of its own, so that `stop` ends make and all it started.
+            # A session of its own, so that the watcher ends make and all it started.
             self.process = subprocess.Popen(["bash", "-c", script], cwd=self.repo, env=environment(self.repo),
                                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -107,21 +107,6 @@ class DemoBuild:
         result = read(self.result)
         assert result["returncode"] == 0, f"make demo failed: {result.get('error') or self.log.read_text()[-8000:]}"
         return result
-
-    def stop(self, *, wait: bool) -> None:
-        """At the end of the session of the process that started it: with ``wait`` (a session that ran to its end,
-        while the run's other process may still be waiting for the build), up to the deadline; then it ends what is
-        left of the build (after Ctrl-C, -x, or the deadline)."""
-        if self.process is None:
-            return
-        if wait:
-            try:
-                self.process.wait(timeout=max(0.0, self.deadline() - time.time()))
-            except subprocess.TimeoutExpired:
-                pass
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
 
 
 def read(path: Path):

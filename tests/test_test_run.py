@@ -86,7 +86,7 @@ def test_ci_run_exits_with_the_tests_status(tmp_path, status):
 
 def test_the_demo_build_ends_with_the_test_run_however_it_ends(tmp_path):
     # After a Ctrl-C or a runner's time limit, pytest-xdist's controller kills the worker that started `make demo`
-    # before its teardown (`DemoBuild.stop`) can end the build; killed too, the build would not hold the CPU on.
+    # before its teardown could end the build: the build ends with the run instead, and does not hold the CPU on.
     test_run = subprocess.Popen(
         [sys.executable, "-c", f"import pathlib, sys, time; sys.path.insert(0, {str(TESTS)!r}); import journeys; "
                                f"build = journeys.DemoBuild(pathlib.Path({str(tmp_path)!r}), command='sleep 300'); "
