@@ -50,7 +50,8 @@ def yield_the_cpu_to_the_build() -> None:
     the build, already started, keeps its priority and this process lowers its own. Where Linux shares the CPU
     between sessions first (autogroup), the build and the notebook kernels run in sessions of their own, and only a
     lower priority for this run's session helps. That is done only where the session is this run's own (its
-    process group leads it: `.ci/run`), never in a terminal's, where it would outlast the run."""
+    process group leads it: `make test`, tests/own_session.sh), never in a terminal's, where it would outlast the
+    run."""
     os.nice(10)
     if os.getpgid(0) == os.getsid(0):
         try:

@@ -1,4 +1,5 @@
-"""The test run's own machinery (conftest.py, journeys.py, .ci/run): what it changes outside itself, and how it ends."""
+"""The test run's own machinery (conftest.py, journeys.py, own_session.sh, .ci/run): what it changes outside itself,
+and how it ends."""
 
 import os
 import shutil
@@ -15,73 +16,102 @@ TESTS = Path(__file__).resolve().parent
 
 @pytest.mark.skipif(not Path("/proc/self/autogroup").exists() or not shutil.which("setsid"),
                     reason="a kernel without autogroup, or no setsid")
-@pytest.mark.parametrize(("own_process_group", "session_nice"), [
-    (False, "10"),  # `.ci/run`: `make test` leads a session of its own, whose priority the tests lower
-    (True, "0"),    # a terminal: the tests are a job (a process group) in the shell's session, which keeps its own
+@pytest.mark.parametrize(("started_by", "session_nice"), [
+    ("make test", "10"),  # tests/own_session.sh: a session of their own, whose priority the tests lower
+    ("a terminal", "0"),  # `python -m pytest`: a job (a process group) in the shell's session, which keeps its own
 ])
-def test_the_tests_lower_their_sessions_priority_only_in_a_session_of_their_own(own_process_group, session_nice):
+def test_the_tests_lower_their_sessions_priority_only_in_a_session_of_their_own(started_by, session_nice):
     lower = (f"import os, sys; sys.path.insert(0, {str(TESTS)!r}); import conftest; "
-             f"{'os.setpgid(0, 0); ' if own_process_group else ''}"
+             f"{'os.setpgid(0, 0); ' if started_by == 'a terminal' else ''}"
              "conftest.yield_the_cpu_to_the_build(); print(open('/proc/self/autogroup').read())")
-    # A new session, led by a shell as a terminal's is; the tests are its child, as there.
-    done = subprocess.run(["setsid", "--wait", "sh", "-c", '"$0" -c "$1"', sys.executable, lower],
-                          capture_output=True, text=True, timeout=120)
+    if started_by == "make test":
+        command = ["bash", str(TESTS / "own_session.sh"), sys.executable, "-c", lower]
+    else:  # a new session, led by a shell as a terminal's is; the tests are its child, as there
+        command = ["setsid", "--wait", "sh", "-c", '"$0" -c "$1"', sys.executable, lower]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[-1] == session_nice, done.stdout  # "/autogroup-<n> nice <value>"
 
 
-# `make` for `.ci/run`: writes its pid, then waits as the tests would, until Ctrl-C (SIGINT) or at once if told.
-STAND_IN_MAKE = """#!/bin/sh
-trap 'kill $!; echo "$*" > interrupted; exit 130' INT
-echo $$ > started
+# The tests for `make test` (its PYTEST): write their pid, then wait as the tests would, until Ctrl-C (SIGINT) or at
+# once if told.
+STAND_IN_TESTS = """trap 'kill $!; echo "$*" > "$OUT/interrupted"; exit 130' INT
+echo $$ > "$OUT/started"
 [ -n "$EXIT_AT_ONCE" ] && exit "$EXIT_AT_ONCE"
 sleep 120 & wait $!
 """
 
 
-def start_ci_run(tmp_path, sigint=signal.SIG_DFL, **env):
-    repo, bin_dir = tmp_path / "clone", tmp_path / "bin"
-    (repo / ".ci").mkdir(parents=True)
-    shutil.copy(TESTS.parent / ".ci" / "run", repo / ".ci" / "run")
-    bin_dir.mkdir()
-    (bin_dir / "make").write_text(STAND_IN_MAKE)
-    (bin_dir / "make").chmod(0o755)
-    environment = {"PATH": f"{bin_dir}:/usr/bin:/bin", **env}
+@pytest.fixture
+def start_ci_run(tmp_path):
+    """Starts `.ci/run` -> make test -> tests/own_session.sh in a copy of the repository's files, with stand-in
+    tests; returns it and the tests' pid. What a failed test leaves running is ended."""
+    started = []
+
+    def start(sigint=signal.SIG_DFL, **env):
+        started.append(_start_ci_run(tmp_path, sigint, **env))
+        return started[-1]
+
+    yield start
+    for ci_run, tests in started:
+        for group in (ci_run.pid, tests):
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _start_ci_run(tmp_path, sigint, **env):
+    repo, venv = tmp_path / "clone", tmp_path / "venv"
+    for name in (".ci/run", "Makefile", "pyproject.toml", "tests/own_session.sh"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(TESTS.parent / name, repo / name)
+    (venv / "bin").mkdir(parents=True)
+    (venv / ".installed").touch()  # installed since pyproject.toml changed: make test goes straight to the tests
+    (tmp_path / "tests.sh").write_text(STAND_IN_TESTS)
+    environment = {"PATH": "/usr/bin:/bin", "VENV": str(venv), "PYTEST": f"sh {tmp_path / 'tests.sh'}",
+                   "OUT": str(tmp_path), **env}
     # As a CI runner starts it: a process group of its own, which the runner signals at its time limit; Ctrl-C
     # (SIGINT) as the runner left it (ignored by a job that a script started in the background).
-    return repo, subprocess.Popen(["bash", str(repo / ".ci" / "run")], cwd=tmp_path, env=environment,
-                                  start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
-
-
-@pytest.mark.skipif(not shutil.which("setsid"), reason="no setsid: .ci/run runs make test in place")
-@pytest.mark.parametrize(("sigint", "stopped_by"), [
-    (signal.SIG_DFL, "Ctrl-C"),  # pytest ends the run, its teardown included
-    (signal.SIG_IGN, "SIGTERM"),  # ignored since .ci/run started: 5 s later, the tests are terminated
-])
-def test_ci_run_stops_the_tests_when_its_runner_stops_it(tmp_path, sigint, stopped_by):
-    repo, ci_run = start_ci_run(tmp_path, sigint)
-    started = repo / "started"
+    ci_run = subprocess.Popen(["bash", str(repo / ".ci" / "run")], cwd=tmp_path, env=environment,
+                              start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
+    started = tmp_path / "started"
     deadline = time.monotonic() + 60
     while not started.exists() or not started.read_text().strip():
-        assert time.monotonic() < deadline and ci_run.poll() is None, "the stand-in make test never started"
+        assert time.monotonic() < deadline and ci_run.poll() is None, "the stand-in tests never started"
         time.sleep(0.05)
-    tests = int(started.read_text())
-    assert os.getsid(tests) == tests != os.getsid(ci_run.pid)  # `make test` leads a session of its own
+    return ci_run, int(started.read_text())
 
-    os.killpg(ci_run.pid, signal.SIGTERM)  # the runner's time limit: its job's process group, not the tests'
+
+@pytest.mark.skipif(not shutil.which("setsid"), reason="no setsid: make test runs the tests in place")
+@pytest.mark.parametrize(("sigint", "stop", "stopped_by"), [
+    # A runner's time limit: SIGTERM to its job's process group, or to .ci/run alone (make passes it on).
+    (signal.SIG_DFL, "SIGTERM to the group", "Ctrl-C"),  # the tests end as on Ctrl-C, their teardown included
+    (signal.SIG_DFL, "SIGTERM to .ci/run", "Ctrl-C"),
+    (signal.SIG_IGN, "SIGTERM to the group", "SIGTERM"),  # Ctrl-C ignored since .ci/run started: 5 s later
+    (signal.SIG_DFL, "Ctrl-C", "Ctrl-C"),  # from a terminal: SIGINT to its foreground process group
+])
+def test_a_stopped_test_run_stops_the_tests(start_ci_run, tmp_path, sigint, stop, stopped_by):
+    ci_run, tests = start_ci_run(sigint)
+    assert os.getsid(tests) == tests != os.getsid(ci_run.pid)  # the tests lead a session of their own
+
+    if stop == "SIGTERM to .ci/run":
+        ci_run.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(ci_run.pid, signal.SIGINT if stop == "Ctrl-C" else signal.SIGTERM)
     status = ci_run.wait(timeout=60)
     assert process_group_ends(tests, within=10)  # nothing of the tests' session is left
+    assert status == -(signal.SIGINT if stop == "Ctrl-C" else signal.SIGTERM)  # make ends by the signal it got
     if stopped_by == "Ctrl-C":
-        assert status == 130  # the tests' own exit status, once they have ended
-        assert (repo / "interrupted").read_text().split() == ["test"]  # their Ctrl-C handler ran
+        assert (tmp_path / "interrupted").read_text().split() == ["--durations=15"]  # their Ctrl-C handler ran
     else:
-        assert status == 128 + signal.SIGTERM and not (repo / "interrupted").exists()
+        assert not (tmp_path / "interrupted").exists()
 
 
-@pytest.mark.parametrize("status", ["0", "3"])
-def test_ci_run_exits_with_the_tests_status(tmp_path, status):
-    _, ci_run = start_ci_run(tmp_path, EXIT_AT_ONCE=status)
-    assert ci_run.wait(timeout=60) == int(status)
+@pytest.mark.parametrize(("tests_status", "ci_status"), [("0", 0), ("3", 2)])  # 2: make's "a recipe failed"
+def test_ci_run_passes_exactly_when_the_tests_pass(start_ci_run, tests_status, ci_status):
+    ci_run, _ = start_ci_run(EXIT_AT_ONCE=tests_status)
+    assert ci_run.wait(timeout=60) == ci_status
 
 
 def test_the_demo_build_ends_with_the_test_run_however_it_ends(tmp_path):
