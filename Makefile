@@ -57,7 +57,7 @@ study: install
 # Two test processes (pytest-xdist); `make demo`, which the demo's journeys share, builds beside the other tests
 # (tests/conftest.py), which run in a session of their own to leave it the CPU (tests/own_session.sh; exec: the
 # SIGTERM make passes on, a CI runner's, reaches that script, not a shell between that would die of it).
-PYTEST ?= python -m pytest -n 2 --dist worksteal
+PYTEST = python -m pytest -n 2 --dist worksteal
 
 test: install
 	HF_HUB_OFFLINE=1 exec bash tests/own_session.sh $(PYTEST) --durations=15

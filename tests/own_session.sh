@@ -2,33 +2,31 @@
 # `make test` runs the tests through this: in a session of their own, where they yield the CPU to the demo build
 # that the journeys wait for (tests/conftest.py, `yield_the_cpu_to_the_build`). Where Linux shares the CPU between
 # sessions first (autogroup), tests run in a terminal's session would take half of it from the build.
-set -uo pipefail
+set -u
 if ! command -v setsid > /dev/null; then
   exec "$@"
 fi
-# Outside the caller's process group, the tests would outlive what stops it (Ctrl-C, a CI runner's SIGTERM, which
-# make passes on), so this stops them: as Ctrl-C would, and with SIGTERM what is left of them 5 s later, before a
-# runner's own grace period ends (they may ignore Ctrl-C: where this script started with it ignored, `trap -` below
-# cannot give it back). The demo build they started ends with them (tests/journeys.py).
-stop_tests() {
-  kill -INT -- "-$tests" 2> /dev/null || return 0
-  for _ in 1 2 3 4 5; do
-    sleep 1
-    kill -0 -- "-$tests" 2> /dev/null || return 0
-  done
-  kill -TERM -- "-$tests" 2> /dev/null || true
-}
-stopped=
-trap 'stopped=1' TERM INT HUP
+# Outside the caller's process group the tests see none of its signals, so this passes them on. The first stop
+# (Ctrl-C, Ctrl-\, a closed terminal, the SIGTERM of a runner's time limit, which make passes on) as Ctrl-C, which
+# pytest ends on with its teardown, and the demo build with the run (tests/journeys.py); a second stop with SIGTERM.
+# Where this script started with Ctrl-C ignored, so do the tests (`trap -` cannot give it back): SIGTERM at once.
+if [ -n "$(trap -p INT)" ]; then first_stop=TERM; else first_stop=INT; fi
+stops=0
+trap 'stops=$((stops + 1))' INT TERM HUP QUIT
 # A script's background job leads no process group, so setsid runs the command itself as the new session's leader
-# (no fork): $! names that session's process group. A background job would ignore Ctrl-C: trap - gives it back.
+# (no fork): $! names that session's process group.
 (trap - INT QUIT TERM HUP; exec setsid "$@") &
 tests=$!
-status=0
-wait "$tests" || status=$?
-if [ -n "$stopped" ]; then  # the wait was cut short: the status is the trap's
-  stop_tests
-  status=0
-  wait "$tests" || status=$?
-fi
-exit "$status"
+# Ctrl-Z pauses the tests with make, `fg` resumes them.
+trap 'kill -STOP -- "-$tests" 2> /dev/null' TSTP
+trap 'kill -CONT -- "-$tests" 2> /dev/null' CONT
+passed_on=0
+# Polled: a signal that comes while the tests start, or between two waits, is passed on all the same.
+while kill -0 "$tests" 2> /dev/null; do
+  if [ "$stops" -gt "$passed_on" ]; then
+    signal=$([ "$stops" -eq 1 ] && echo "$first_stop" || echo TERM)
+    kill "-$signal" -- "-$tests" 2> /dev/null && passed_on=$stops
+  fi
+  sleep 0.2 & wait $!
+done
+wait "$tests"

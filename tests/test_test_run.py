@@ -34,8 +34,8 @@ def test_the_tests_lower_their_sessions_priority_only_in_a_session_of_their_own(
 
 
 # The tests for `make test` (its PYTEST): write their pid, then wait as the tests would, until Ctrl-C (SIGINT) or at
-# once if told.
-STAND_IN_TESTS = """trap 'kill $!; echo "$*" > "$OUT/interrupted"; exit 130' INT
+# once if told; their teardown after Ctrl-C takes a minute if told.
+STAND_IN_TESTS = """trap 'echo "$*" > "$OUT/interrupted"; [ -n "$SLOW_TEARDOWN" ] && sleep 60; kill $!; exit 130' INT
 echo $$ > "$OUT/started"
 [ -n "$EXIT_AT_ONCE" ] && exit "$EXIT_AT_ONCE"
 sleep 120 & wait $!
@@ -69,7 +69,8 @@ def _start_ci_run(tmp_path, sigint, **env):
     (venv / "bin").mkdir(parents=True)
     (venv / ".installed").touch()  # installed since pyproject.toml changed: make test goes straight to the tests
     (tmp_path / "tests.sh").write_text(STAND_IN_TESTS)
-    environment = {"PATH": "/usr/bin:/bin", "VENV": str(venv), "PYTEST": f"sh {tmp_path / 'tests.sh'}",
+    # `make test PYTEST=...` as .ci/run's make sees it: through MAKEFLAGS (a space in a value escaped)
+    environment = {"PATH": "/usr/bin:/bin", "VENV": str(venv), "MAKEFLAGS": f"PYTEST=sh\\ {tmp_path / 'tests.sh'}",
                    "OUT": str(tmp_path), **env}
     # As a CI runner starts it: a process group of its own, which the runner signals at its time limit; Ctrl-C
     # (SIGINT) as the runner left it (ignored by a job that a script started in the background).
@@ -83,29 +84,69 @@ def _start_ci_run(tmp_path, sigint, **env):
     return ci_run, int(started.read_text())
 
 
-@pytest.mark.skipif(not shutil.which("setsid"), reason="no setsid: make test runs the tests in place")
+needs_setsid = pytest.mark.skipif(not shutil.which("setsid"), reason="no setsid: make test runs the tests in place")
+
+
+@needs_setsid
 @pytest.mark.parametrize(("sigint", "stop", "stopped_by"), [
     # A runner's time limit: SIGTERM to its job's process group, or to .ci/run alone (make passes it on).
     (signal.SIG_DFL, "SIGTERM to the group", "Ctrl-C"),  # the tests end as on Ctrl-C, their teardown included
     (signal.SIG_DFL, "SIGTERM to .ci/run", "Ctrl-C"),
-    (signal.SIG_IGN, "SIGTERM to the group", "SIGTERM"),  # Ctrl-C ignored since .ci/run started: 5 s later
-    (signal.SIG_DFL, "Ctrl-C", "Ctrl-C"),  # from a terminal: SIGINT to its foreground process group
+    (signal.SIG_IGN, "SIGTERM to the group", "SIGTERM"),  # Ctrl-C ignored since .ci/run started, by the tests too
+    # From a terminal: Ctrl-C, Ctrl-\ and a closed terminal signal its foreground process group.
+    (signal.SIG_DFL, "SIGINT to the group", "Ctrl-C"),
+    (signal.SIG_DFL, "SIGQUIT to the group", "Ctrl-C"),
+    (signal.SIG_DFL, "SIGHUP to the group", "Ctrl-C"),
 ])
 def test_a_stopped_test_run_stops_the_tests(start_ci_run, tmp_path, sigint, stop, stopped_by):
     ci_run, tests = start_ci_run(sigint)
     assert os.getsid(tests) == tests != os.getsid(ci_run.pid)  # the tests lead a session of their own
 
-    if stop == "SIGTERM to .ci/run":
-        ci_run.send_signal(signal.SIGTERM)
+    sent = getattr(signal, stop.split()[0])
+    if stop.endswith(".ci/run"):
+        ci_run.send_signal(sent)
     else:
-        os.killpg(ci_run.pid, signal.SIGINT if stop == "Ctrl-C" else signal.SIGTERM)
+        os.killpg(ci_run.pid, sent)
     status = ci_run.wait(timeout=60)
     assert process_group_ends(tests, within=10)  # nothing of the tests' session is left
-    assert status == -(signal.SIGINT if stop == "Ctrl-C" else signal.SIGTERM)  # make ends by the signal it got
+    # make ends by the signal it got once the tests have ended; on Ctrl-\ it exits failing instead (no core dump)
+    assert status > 0 if sent == signal.SIGQUIT else status == -sent
     if stopped_by == "Ctrl-C":
         assert (tmp_path / "interrupted").read_text().split() == ["--durations=15"]  # their Ctrl-C handler ran
     else:
         assert not (tmp_path / "interrupted").exists()
+
+
+@needs_setsid
+def test_a_second_ctrl_c_ends_a_slow_teardown(start_ci_run, tmp_path):
+    ci_run, tests = start_ci_run(SLOW_TEARDOWN="1")
+    os.killpg(ci_run.pid, signal.SIGINT)
+    wait_for(lambda: (tmp_path / "interrupted").exists(), "the tests' Ctrl-C handler never ran")
+    os.killpg(ci_run.pid, signal.SIGINT)
+    assert ci_run.wait(timeout=30) == -signal.SIGINT  # not a minute later: the teardown was cut short
+    assert process_group_ends(tests, within=10)
+
+
+@needs_setsid
+def test_ctrl_z_pauses_the_tests_and_fg_resumes_them(start_ci_run):
+    ci_run, tests = start_ci_run()
+    os.killpg(ci_run.pid, signal.SIGTSTP)  # Ctrl-Z: the terminal's foreground process group
+    wait_for(lambda: process_state(tests) == "T", "Ctrl-Z did not pause the tests")
+    os.killpg(ci_run.pid, signal.SIGCONT)  # fg
+    wait_for(lambda: process_state(tests) != "T", "fg did not resume the tests")
+    assert ci_run.poll() is None
+
+
+def wait_for(condition, message: str, within: float = 30) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.05)
+
+
+def process_state(pid: int) -> str:
+    """R, S, T (stopped), ... from /proc/<pid>/stat (after the command's name, which may hold spaces)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
 @pytest.mark.parametrize(("tests_status", "ci_status"), [("0", 0), ("3", 2)])  # 2: make's "a recipe failed"
