@@ -73,9 +73,15 @@ def _start_ci_run(tmp_path, sigint, **env):
     environment = {"PATH": "/usr/bin:/bin", "VENV": str(venv), "MAKEFLAGS": f"PYTEST=sh\\ {tmp_path / 'tests.sh'}",
                    "OUT": str(tmp_path), **env}
     # As a CI runner starts it: a process group of its own, which the runner signals at its time limit; Ctrl-C
-    # (SIGINT) as the runner left it (ignored by a job that a script started in the background).
+    # (SIGINT) as the runner left it (ignored by a job that a script started in the background), the other signals
+    # at their defaults, whatever this test run inherited (nohup ignores SIGHUP).
+    def runner_signals():
+        for stop in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGTSTP):
+            signal.signal(stop, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, sigint)
+
     ci_run = subprocess.Popen(["bash", str(repo / ".ci" / "run")], cwd=tmp_path, env=environment,
-                              start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
+                              start_new_session=True, preexec_fn=runner_signals)
     started = tmp_path / "started"
     deadline = time.monotonic() + 60
     while not started.exists() or not started.read_text().strip():
