@@ -83,10 +83,12 @@ def _start_ci_run(tmp_path, sigint, **env):
     ci_run = subprocess.Popen(["bash", str(repo / ".ci" / "run")], cwd=tmp_path, env=environment,
                               start_new_session=True, preexec_fn=runner_signals)
     started = tmp_path / "started"
-    deadline = time.monotonic() + 60
-    while not started.exists() or not started.read_text().strip():
-        assert time.monotonic() < deadline and ci_run.poll() is None, "the stand-in tests never started"
-        time.sleep(0.05)
+
+    def pid_written() -> bool:
+        return started.exists() and bool(started.read_text().strip())
+
+    assert eventually(lambda: pid_written() or ci_run.poll() is not None, 60) and pid_written(), \
+        "the stand-in tests never started"
     return ci_run, int(started.read_text())
 
 
@@ -114,7 +116,7 @@ def test_a_stopped_test_run_stops_the_tests(start_ci_run, tmp_path, sigint, stop
     else:
         os.killpg(ci_run.pid, sent)
     status = ci_run.wait(timeout=60)
-    assert process_group_ends(tests, within=10)  # nothing of the tests' session is left
+    assert eventually(lambda: group_gone(tests), within=10)  # nothing of the tests' session is left
     # make ends by the signal it got once the tests have ended; on Ctrl-\ it exits failing instead (no core dump)
     assert status > 0 if sent == signal.SIGQUIT else status == -sent
     if stopped_by == "Ctrl-C":
@@ -127,27 +129,30 @@ def test_a_stopped_test_run_stops_the_tests(start_ci_run, tmp_path, sigint, stop
 def test_a_second_ctrl_c_ends_a_slow_teardown(start_ci_run, tmp_path):
     ci_run, tests = start_ci_run(SLOW_TEARDOWN="1")
     os.killpg(ci_run.pid, signal.SIGINT)
-    wait_for(lambda: (tmp_path / "interrupted").exists(), "the tests' Ctrl-C handler never ran")
+    assert eventually(lambda: (tmp_path / "interrupted").exists(), 30), "the tests' Ctrl-C handler never ran"
     os.killpg(ci_run.pid, signal.SIGINT)
     assert ci_run.wait(timeout=30) == -signal.SIGINT  # not a minute later: the teardown was cut short
-    assert process_group_ends(tests, within=10)
+    assert eventually(lambda: group_gone(tests), within=10)
 
 
 @needs_setsid
 def test_ctrl_z_pauses_the_tests_and_fg_resumes_them(start_ci_run):
     ci_run, tests = start_ci_run()
     os.killpg(ci_run.pid, signal.SIGTSTP)  # Ctrl-Z: the terminal's foreground process group
-    wait_for(lambda: process_state(tests) == "T", "Ctrl-Z did not pause the tests")
+    assert eventually(lambda: process_state(tests) == "T", 30), "Ctrl-Z did not pause the tests"
     os.killpg(ci_run.pid, signal.SIGCONT)  # fg
-    wait_for(lambda: process_state(tests) != "T", "fg did not resume the tests")
+    assert eventually(lambda: process_state(tests) != "T", 30), "fg did not resume the tests"
     assert ci_run.poll() is None
 
 
-def wait_for(condition, message: str, within: float = 30) -> None:
+def eventually(condition, within: float) -> bool:
+    """Whether ``condition()`` holds within ``within`` seconds."""
     deadline = time.monotonic() + within
     while not condition():
-        assert time.monotonic() < deadline, message
+        if time.monotonic() > deadline:
+            return False
         time.sleep(0.05)
+    return True
 
 
 def process_state(pid: int) -> str:
@@ -173,15 +178,12 @@ def test_the_demo_build_ends_with_the_test_run_however_it_ends(tmp_path):
     assert os.getpgid(build) == build  # started: `sleep 300` in its process group
     test_run.kill()
     test_run.wait()
-    assert process_group_ends(build, within=30), "the demo build outlived the test run that started it"
+    assert eventually(lambda: group_gone(build), within=30), "the demo build outlived the test run that started it"
 
 
-def process_group_ends(group: int, within: float) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(group, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.1)
+def group_gone(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return True
     return False
