@@ -25,7 +25,9 @@ DEMO_JOURNEYS = "test_journeys_demo.py"
 def pytest_collection_modifyitems(items):
     """The demo's journeys last: `make demo`, which they wait for (`demo_build`), builds beside the tests before them.
     Under pytest-xdist (`make test`: two processes, --dist worksteal) the second process's share ends with them, and
-    the first, when it runs out, steals the end of that queue: the two processes run the journeys side by side."""
+    the first, when it runs out, steals the end of that queue: the two processes run the journeys side by side.
+    A process never gives up the test queued after the one it runs, so the file puts its longest journey first and
+    a short one after it, and the long ones that are left at the end, where the other process steals them."""
     items.sort(key=lambda item: item.path.name == DEMO_JOURNEYS)
 
 

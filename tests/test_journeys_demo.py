@@ -3,8 +3,8 @@
 One clone runs `make demo`, beside the other tests of the run (conftest.py, `demo_build`); each journey that builds on
 a finished demo works on its own copy of that clone: change a module and see which stages are stale, experiments in
 the report, outputs through a DVC remote, a killed run that resumes to the same result. Each test names the README
-section whose commands it runs. They are in order of duration, longest first: under `make test` the other process
-steals from the end of the queue (conftest.py).
+section whose commands it runs. Their order is for `make test` (conftest.py): the longest first, then the others
+from the shortest to the longest.
 """
 
 from __future__ import annotations
@@ -54,6 +54,73 @@ def test_make_seeds_and_make_encoders_feed_the_report(demo):
     index = (reports / "README.md").read_text()
     assert "## Seed variance" in index and "## Encoders" in index
     assert (reports / "figures" / "seeds.png").stat().st_size > 10_000
+
+
+def test_make_demo_writes_the_report_and_training_helps(demo):
+    repo = demo["repo"]
+    missing = [str(p.relative_to(repo)) for p in declared_outputs(repo, "demo") if not p.exists()]
+    assert not missing, f"declared but not produced: {missing}"
+    reports = repo / "demo" / "reports"
+    for stage in ("01_prepare", "02_train", "03_encode", "04_index", "05_retrieve", "06_evaluate", "07_report"):
+        assert (reports / "html" / f"{stage}.html").stat().st_size > 10_000
+        # The executed notebooks are the report: no progress bars, no trainer log printed line by line.
+        shown = json.dumps(read(reports / "notebooks" / f"{stage}.ipynb")["cells"])
+        assert not re.search(r"<progress|it/s\]|IProgress|\{'loss': ", shown), stage
+    train = read(reports / "metrics" / "train.json")
+    assert demo["metrics"]["pydocs"]["ndcg@10"] > train["heldout_start_ndcg@10"] + 0.01, (train, demo["metrics"])
+    # The number the README publishes (demo/params.yaml's reference, 61.62). On another CPU the rounding of the
+    # 25 training steps may differ a little; a broken recipe costs several points (seeds alone move 1.6).
+    reference = yaml.safe_load((repo / "demo" / "params.yaml").read_text())["report"]["reference_ndcg10"]["pydocs"]
+    assert 100 * demo["metrics"]["pydocs"]["ndcg@10"] == pytest.approx(reference, abs=1.0), demo["metrics"]
+    index = (reports / "README.md").read_text()
+    assert "**reproduced**: the demo reference value 61.62 lies inside the interval" in index, index[:2000]
+    trained_on = read(repo / "demo/models/colbert/colbench_train.json")["provenance"]  # the train stage's machine
+    assert (f"for 25 steps on {trained_on['hardware']['cpu_affinity']} CPU cores (1 process, fp32, torch "
+            f"{trained_on['packages']['torch']})") in index, index[:500]
+    print(f"make demo: {demo['seconds']:.0f} s")
+
+
+@pytest.mark.parametrize(("module", "stale"), [
+    ("figures", {"report@demo"}),  # editing the report's figures does not retrain
+    ("index", {"train@demo", "index@demo", "retrieve@demo"}),  # the held-out evaluation searches through retrieve
+    ("evaluate", {"train@demo", "retrieve@demo", "evaluate@demo", "report@demo"}),
+])
+def test_editing_a_module_makes_exactly_the_stages_that_import_it_stale(demo, module, stale):
+    repo = demo["repo"]
+    source = repo / "src" / "colbench" / f"{module}.py"
+    original = source.read_text()
+    assert stale_stages(repo, "report@demo") == set()  # the finished demo is up to date
+    try:
+        source.write_text(original + "\n# an edit\n")
+        assert stale_stages(repo, "report@demo") == stale
+    finally:
+        source.write_text(original)
+
+
+def test_outputs_round_trip_through_a_dvc_remote(demo, tmp_path):
+    # README, "Sharing artifacts".
+    repo = demo["repo"]
+    index = repo / "demo/data/indexes/pydocs/manifest.json"
+    before = index.read_bytes()
+    run(f"dvc remote add --local -d storage {tmp_path / 'remote'} && dvc push", repo)
+    shutil.rmtree(repo / ".dvc" / "cache")
+    shutil.rmtree(repo / "demo" / "data")
+    shutil.rmtree(repo / "demo" / "models" / "colbert")
+    run("dvc pull --with-deps report@demo", repo)
+    assert index.read_bytes() == before
+    assert (repo / "demo/models/colbert/model.safetensors").is_file()
+    assert stale_stages(repo, "report@demo") == set()
+
+
+def test_make_ablation_adds_the_experiment_to_the_report(demo):
+    # README, "Ablations": `make ablation` with another setting than its default pair (a cheap one: retrieval only).
+    repo = demo["repo"]
+    run("make ablation ABLATIONS=retrieve.ef_search=128", repo)
+    index = (repo / "demo" / "reports" / "README.md").read_text()
+    ablations = index.split("## Ablations", 1)[1].split("\n## ", 1)[0]
+    assert "retrieve.ef_search" in ablations
+    experiments = [line for line in ablations.splitlines() if re.match(r"\| [\w-]+ \| experiment \|", line)]
+    assert any(re.search(r"\| 128 \|", line) for line in experiments), ablations
 
 
 def forget_cached_outputs(repo, stage: str) -> None:
@@ -111,70 +178,3 @@ def test_a_killed_demo_resumes_from_its_checkpoint_and_ends_identical(demo):
     # published again from the checkpoints folder, unchanged.
     assert {path.name: path.read_bytes() for path in (folder / "reports/train/baseline_runs").glob("*.trec")} == \
         baseline_runs
-
-
-def test_make_ablation_adds_the_experiment_to_the_report(demo):
-    # README, "Ablations": `make ablation` with another setting than its default pair (a cheap one: retrieval only).
-    repo = demo["repo"]
-    run("make ablation ABLATIONS=retrieve.ef_search=128", repo)
-    index = (repo / "demo" / "reports" / "README.md").read_text()
-    ablations = index.split("## Ablations", 1)[1].split("\n## ", 1)[0]
-    assert "retrieve.ef_search" in ablations
-    experiments = [line for line in ablations.splitlines() if re.match(r"\| [\w-]+ \| experiment \|", line)]
-    assert any(re.search(r"\| 128 \|", line) for line in experiments), ablations
-
-
-def test_outputs_round_trip_through_a_dvc_remote(demo, tmp_path):
-    # README, "Sharing artifacts".
-    repo = demo["repo"]
-    index = repo / "demo/data/indexes/pydocs/manifest.json"
-    before = index.read_bytes()
-    run(f"dvc remote add --local -d storage {tmp_path / 'remote'} && dvc push", repo)
-    shutil.rmtree(repo / ".dvc" / "cache")
-    shutil.rmtree(repo / "demo" / "data")
-    shutil.rmtree(repo / "demo" / "models" / "colbert")
-    run("dvc pull --with-deps report@demo", repo)
-    assert index.read_bytes() == before
-    assert (repo / "demo/models/colbert/model.safetensors").is_file()
-    assert stale_stages(repo, "report@demo") == set()
-
-
-def test_make_demo_writes_the_report_and_training_helps(demo):
-    repo = demo["repo"]
-    missing = [str(p.relative_to(repo)) for p in declared_outputs(repo, "demo") if not p.exists()]
-    assert not missing, f"declared but not produced: {missing}"
-    reports = repo / "demo" / "reports"
-    for stage in ("01_prepare", "02_train", "03_encode", "04_index", "05_retrieve", "06_evaluate", "07_report"):
-        assert (reports / "html" / f"{stage}.html").stat().st_size > 10_000
-        # The executed notebooks are the report: no progress bars, no trainer log printed line by line.
-        shown = json.dumps(read(reports / "notebooks" / f"{stage}.ipynb")["cells"])
-        assert not re.search(r"<progress|it/s\]|IProgress|\{'loss': ", shown), stage
-    train = read(reports / "metrics" / "train.json")
-    assert demo["metrics"]["pydocs"]["ndcg@10"] > train["heldout_start_ndcg@10"] + 0.01, (train, demo["metrics"])
-    # The number the README publishes (demo/params.yaml's reference, 61.62). On another CPU the rounding of the
-    # 25 training steps may differ a little; a broken recipe costs several points (seeds alone move 1.6).
-    reference = yaml.safe_load((repo / "demo" / "params.yaml").read_text())["report"]["reference_ndcg10"]["pydocs"]
-    assert 100 * demo["metrics"]["pydocs"]["ndcg@10"] == pytest.approx(reference, abs=1.0), demo["metrics"]
-    index = (reports / "README.md").read_text()
-    assert "**reproduced**: the demo reference value 61.62 lies inside the interval" in index, index[:2000]
-    trained_on = read(repo / "demo/models/colbert/colbench_train.json")["provenance"]  # the train stage's machine
-    assert (f"for 25 steps on {trained_on['hardware']['cpu_affinity']} CPU cores (1 process, fp32, torch "
-            f"{trained_on['packages']['torch']})") in index, index[:500]
-    print(f"make demo: {demo['seconds']:.0f} s")
-
-
-@pytest.mark.parametrize(("module", "stale"), [
-    ("figures", {"report@demo"}),  # editing the report's figures does not retrain
-    ("index", {"train@demo", "index@demo", "retrieve@demo"}),  # the held-out evaluation searches through retrieve
-    ("evaluate", {"train@demo", "retrieve@demo", "evaluate@demo", "report@demo"}),
-])
-def test_editing_a_module_makes_exactly_the_stages_that_import_it_stale(demo, module, stale):
-    repo = demo["repo"]
-    source = repo / "src" / "colbench" / f"{module}.py"
-    original = source.read_text()
-    assert stale_stages(repo, "report@demo") == set()  # the finished demo is up to date
-    try:
-        source.write_text(original + "\n# an edit\n")
-        assert stale_stages(repo, "report@demo") == stale
-    finally:
-        source.write_text(original)
