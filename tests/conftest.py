@@ -27,7 +27,8 @@ def pytest_collection_modifyitems(items):
     Under pytest-xdist (`make test`: two processes, --dist worksteal) the second process's share ends with them, and
     the first, when it runs out, steals the end of that queue: the two processes run the journeys side by side.
     A process never gives up the test queued after the one it runs, so the file puts its longest journey first and
-    a short one after it, and the long ones that are left at the end, where the other process steals them."""
+    a short one after it, and the long ones that are left at the end, where the other process steals them (with the
+    second-longest queued after the longest, one process stood idle for the run's last 157 s; in this order, 16 s)."""
     items.sort(key=lambda item: item.path.name == DEMO_JOURNEYS)
 
 
